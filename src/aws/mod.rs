@@ -1,0 +1,192 @@
+//! One base `SdkConfig`, an assume-role credentials provider per account built from it, and
+//! the client factory. Endpoint overrides (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`) and
+//! the default credential chain come from aws-config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::config::{RoleSpec, ValidatedConfig};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+
+use crate::error::{classify, TargetFailure, TargetStatus};
+
+/// An account's credentials, assumed at most once per run, or why they could not be.
+type AccountSlot = Arc<OnceCell<Result<SdkConfig, TargetFailure>>>;
+
+/// Shared AWS state of a run.
+pub struct Aws {
+    base: SdkConfig,
+    /// The account the job runs in (STS GetCallerIdentity).
+    pub home_account: String,
+    pub home_region: String,
+    pub partition: String,
+    role: RoleSpec,
+    external_id: Option<String>,
+    session_name: String,
+    s3_path_style: bool,
+    /// Per account: its credentials (cached and refreshed by the provider) or why not.
+    accounts: Mutex<HashMap<String, AccountSlot>>,
+}
+
+/// STS RoleSessionName: 2-64 characters of `[\w+=,.@-]`.
+fn session_name(run_id: &str) -> String {
+    let cleaned: String = format!("guardlake-{run_id}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(*c))
+        .collect();
+    cleaned.chars().take(64).collect()
+}
+
+impl Aws {
+    /// Loads the base config (default chain, standard retry with backoff) and the caller identity.
+    pub async fn load(
+        config: &ValidatedConfig,
+        run_id: &str,
+        s3_path_style: bool,
+    ) -> Result<Self, TargetFailure> {
+        let retry = RetryConfig::standard()
+            .with_max_attempts(config.max_attempts)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(20));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        if let Some(region) = &config.home_region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let mut base = loader.load().await;
+        if base.region().is_none() {
+            base = base.to_builder().region(Region::new("us-east-1")).build();
+        }
+        let home_region = base
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+        let identity = aws_sdk_sts::Client::new(&base)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| crate::error::classify("sts:GetCallerIdentity", &e))?;
+        let home_account = identity.account().unwrap_or_default().to_owned();
+        let partition = identity
+            .arn()
+            .and_then(|arn| arn.split(':').nth(1))
+            .unwrap_or("aws")
+            .to_owned();
+        Ok(Self {
+            base,
+            home_account,
+            home_region,
+            partition,
+            role: config.role.clone(),
+            external_id: config.external_id.clone(),
+            session_name: session_name(run_id),
+            s3_path_style,
+            accounts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn base(&self) -> &SdkConfig {
+        &self.base
+    }
+
+    /// Credentials for `account_id`: the caller's own when it is the home account, else the
+    /// member role assumed once (regional STS endpoint of the home region) and shared by all
+    /// regions of the account. The provider caches and refreshes before expiry.
+    pub async fn account_config(&self, account_id: &str) -> Result<SdkConfig, TargetFailure> {
+        if account_id == self.home_account {
+            return Ok(self.base.clone());
+        }
+        let cell = {
+            let mut accounts = self.accounts.lock().await;
+            accounts.entry(account_id.to_owned()).or_default().clone()
+        };
+        cell.get_or_init(|| self.assume(account_id)).await.clone()
+    }
+
+    async fn assume(&self, account_id: &str) -> Result<SdkConfig, TargetFailure> {
+        let role_arn = self.role.arn(&self.partition, account_id);
+        let mut builder = AssumeRoleProvider::builder(role_arn.clone())
+            .session_name(self.session_name.clone())
+            .region(Region::new(self.home_region.clone()))
+            .configure(&self.base);
+        if let Some(external_id) = &self.external_id {
+            builder = builder.external_id(external_id.clone());
+        }
+        let provider = builder.build().await;
+        // Fail here, once per account, rather than once per region later.
+        if let Err(err) = provider.provide_credentials().await {
+            return Err(classify_credentials_error(&role_arn, &err));
+        }
+        Ok(self
+            .base
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .build())
+    }
+
+    pub fn guardduty(&self, config: &SdkConfig, region: &str) -> aws_sdk_guardduty::Client {
+        let conf = aws_sdk_guardduty::config::Builder::from(config)
+            .region(Region::new(region.to_owned()))
+            .build();
+        aws_sdk_guardduty::Client::from_conf(conf)
+    }
+
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        aws_sdk_organizations::Client::new(&self.base)
+    }
+
+    pub fn account(&self, config: &SdkConfig) -> aws_sdk_account::Client {
+        aws_sdk_account::Client::new(config)
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.base)
+            .force_path_style(self.s3_path_style)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+}
+
+fn classify_credentials_error(
+    role_arn: &str,
+    err: &aws_credential_types::provider::error::CredentialsError,
+) -> TargetFailure {
+    // The provider wraps the STS call's SdkError; classify that when it is there.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(sdk) = current.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
+            let mut failure = classify("sts:AssumeRole", sdk);
+            failure.message = format!("{} (role {role_arn})", failure.message);
+            return failure;
+        }
+        source = current.source();
+    }
+    TargetFailure::new(
+        TargetStatus::Error,
+        "AssumeRoleFailed",
+        format!("sts:AssumeRole {role_arn}: {err}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_fit_sts_rules() {
+        let name = session_name("0193c3f2-7b1a-7cde-9f00-1234567890ab");
+        assert!((2..=64).contains(&name.len()));
+        assert!(name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)));
+        assert!(name.starts_with("guardlake-0193c3f2"));
+    }
+}

@@ -1,0 +1,583 @@
+//! Configuration: a TOML file (`--config`), overridden by environment variables and flags.
+//! `Config` is what users write; `ValidatedConfig` is what a run uses.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// GuardDuty keeps findings for 90 days: a longer first-run lookback finds nothing more.
+pub const MAX_LOOKBACK_DAYS: u32 = 90;
+
+/// How findings are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Assume the role in each member account and read its detector in each region.
+    Member,
+    /// Read each region once from the GuardDuty delegated administrator's detector.
+    DelegatedAdmin,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::DelegatedAdmin => "delegated-admin",
+        }
+    }
+}
+
+/// The config file. Every key is optional; flags and environment variables win over it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the lake goes: `file://DIR`, a plain directory, or `s3://bucket/prefix`. Default `./lake`.
+    pub output: Option<String>,
+    /// KMS key id or ARN for SSE-KMS on every object written to S3 (default: the bucket's encryption).
+    pub sse_kms_key_id: Option<String>,
+    /// Regions to cover: a list, or `["enabled"]` for every region each account has enabled.
+    pub regions: Option<Vec<String>>,
+    /// Account ids to cover instead of discovering the organization's accounts.
+    pub accounts: Option<Vec<String>>,
+    /// Account ids never to cover.
+    pub exclude_accounts: Option<Vec<String>>,
+    /// Only accounts under these OUs (or roots), nested OUs included.
+    pub include_ous: Option<Vec<String>>,
+    /// No accounts under these OUs, nested OUs included.
+    pub exclude_ous: Option<Vec<String>>,
+    /// Name of the read-only role in each member account. Default `GuardlakeReadOnly`.
+    pub role_name: Option<String>,
+    /// Role ARN template instead of `role_name`, e.g. `arn:aws:iam::{account_id}:role/sec/Reader`.
+    pub role_arn_template: Option<String>,
+    /// External id the member role's trust policy requires.
+    pub external_id: Option<String>,
+    /// `member` (default) or `delegated-admin`.
+    pub mode: Option<Mode>,
+    /// The GuardDuty delegated administrator account (delegated-admin mode). Default: the caller's.
+    pub admin_account: Option<String>,
+    /// Days of history the first run of a target pulls (1-90). Default 30.
+    pub lookback_days: Option<u32>,
+    /// Seconds before the last watermark that each run re-reads, to catch late updates. Default 1800.
+    pub overlap_secs: Option<u64>,
+    /// Targets collected at once. Default 8.
+    pub concurrency: Option<NonZeroUsize>,
+    /// Print the plan and stop.
+    pub dry_run: Option<bool>,
+    /// Region for STS, Organizations and account calls. Default: the SDK's region, else us-east-1.
+    pub home_region: Option<String>,
+    /// Attempts per AWS call, the first included, with the SDK's exponential backoff. Default 6.
+    pub max_attempts: Option<u32>,
+    /// Parquet files are rolled near this size, in bytes. Default 128 MiB.
+    pub target_file_bytes: Option<u64>,
+    /// Rows buffered in memory before they are sorted and encoded, in bytes. Default 64 MiB.
+    pub flush_bytes: Option<u64>,
+    /// Local scratch directory for Parquet files before upload. Default: the system temp dir.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Where the lake lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// Which regions a run covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regions {
+    List(Vec<String>),
+    /// Every region each account reports ENABLED or ENABLED_BY_DEFAULT (account:ListRegions).
+    Enabled,
+}
+
+/// Where the member role is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleSpec {
+    Name(String),
+    ArnTemplate(String),
+}
+
+impl RoleSpec {
+    pub fn arn(&self, partition: &str, account_id: &str) -> String {
+        match self {
+            Self::Name(name) => format!("arn:{partition}:iam::{account_id}:role/{name}"),
+            Self::ArnTemplate(template) => template.replace("{account_id}", account_id),
+        }
+    }
+}
+
+/// A config that passed validation: what a run uses.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    pub output: Output,
+    pub sse_kms_key_id: Option<String>,
+    pub regions: Regions,
+    pub accounts: Option<Vec<String>>,
+    pub exclude_accounts: Vec<String>,
+    pub include_ous: Vec<String>,
+    pub exclude_ous: Vec<String>,
+    pub role: RoleSpec,
+    pub external_id: Option<String>,
+    pub mode: Mode,
+    pub admin_account: Option<String>,
+    pub lookback_secs: i64,
+    pub overlap_secs: i64,
+    pub concurrency: NonZeroUsize,
+    pub dry_run: bool,
+    pub home_region: Option<String>,
+    pub max_attempts: u32,
+    pub target_file_bytes: u64,
+    pub flush_bytes: u64,
+    pub work_dir: PathBuf,
+}
+
+/// A config problem, naming the key (and its flag) and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}` ({flag}): {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        flag: &'static str,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(
+    key: &'static str,
+    flag: &'static str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        flag,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; unknown keys are rejected with the list of known ones.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })
+    }
+
+    /// Keys set in `other` replace those here (flags and env over the file).
+    pub fn overridden_by(self, other: Config) -> Config {
+        macro_rules! pick {
+            ($($field:ident),*) => { Config { $($field: other.$field.or(self.$field)),* } };
+        }
+        pick!(
+            output,
+            sse_kms_key_id,
+            regions,
+            accounts,
+            exclude_accounts,
+            include_ous,
+            exclude_ous,
+            role_name,
+            role_arn_template,
+            external_id,
+            mode,
+            admin_account,
+            lookback_days,
+            overlap_secs,
+            concurrency,
+            dry_run,
+            home_region,
+            max_attempts,
+            target_file_bytes,
+            flush_bytes,
+            work_dir
+        )
+    }
+
+    pub fn validate(self) -> Result<ValidatedConfig, ConfigError> {
+        let output = parse_output(self.output.as_deref().unwrap_or("./lake"))?;
+        if self.sse_kms_key_id.is_some() && matches!(output, Output::Local(_)) {
+            return Err(invalid(
+                "sse_kms_key_id",
+                "--sse-kms-key-id",
+                "SSE-KMS applies to S3 output only",
+                "set `output` to s3://bucket/prefix or drop the key",
+            ));
+        }
+        let regions = match self.regions {
+            None => Regions::Enabled,
+            Some(list) if list.len() == 1 && list[0] == "enabled" => Regions::Enabled,
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    "regions",
+                    "--regions",
+                    "the list is empty",
+                    "name regions (e.g. us-east-1,eu-west-1) or use `enabled`",
+                ))
+            }
+            Some(list) => {
+                for region in &list {
+                    if !is_region(region) {
+                        return Err(invalid(
+                            "regions",
+                            "--regions",
+                            format!("{region:?} is not a region name"),
+                            "use names like us-east-1 or eu-west-1, or `enabled`",
+                        ));
+                    }
+                }
+                Regions::List(dedup(list))
+            }
+        };
+        if let Some(region) = &self.home_region {
+            if !is_region(region) {
+                return Err(invalid(
+                    "home_region",
+                    "--home-region",
+                    format!("{region:?} is not a region name"),
+                    "use a name like us-east-1",
+                ));
+            }
+        }
+        for (key, flag, ids) in [
+            (
+                "accounts",
+                "--accounts",
+                self.accounts.as_deref().unwrap_or_default(),
+            ),
+            (
+                "exclude_accounts",
+                "--exclude-accounts",
+                self.exclude_accounts.as_deref().unwrap_or_default(),
+            ),
+            (
+                "admin_account",
+                "--admin-account",
+                self.admin_account.as_slice(),
+            ),
+        ] {
+            if let Some(bad) = ids.iter().find(|id| !is_account_id(id)) {
+                return Err(invalid(
+                    key,
+                    flag,
+                    format!("{bad:?} is not an account id"),
+                    "account ids are 12 digits, quoted in TOML so leading zeros stay",
+                ));
+            }
+        }
+        for (key, flag, ous) in [
+            (
+                "include_ous",
+                "--include-ous",
+                self.include_ous.as_deref().unwrap_or_default(),
+            ),
+            (
+                "exclude_ous",
+                "--exclude-ous",
+                self.exclude_ous.as_deref().unwrap_or_default(),
+            ),
+        ] {
+            if let Some(bad) = ous
+                .iter()
+                .find(|ou| !(ou.starts_with("ou-") || ou.starts_with("r-")))
+            {
+                return Err(invalid(
+                    key,
+                    flag,
+                    format!("{bad:?} is not an OU or root id"),
+                    "use ids like ou-ab12-cdef3456 or r-ab12",
+                ));
+            }
+        }
+        if self.accounts.is_some() && (self.include_ous.is_some() || self.exclude_ous.is_some()) {
+            return Err(invalid(
+                "accounts",
+                "--accounts",
+                "a static account list cannot be combined with OU filters",
+                "drop `accounts` to discover accounts, or drop the OU filters",
+            ));
+        }
+        let role = match (self.role_arn_template, self.role_name) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "role_arn_template",
+                    "--role-arn-template",
+                    "both a role name and a role ARN template are set",
+                    "set only one of them",
+                ))
+            }
+            (Some(template), None) => {
+                if !template.contains("{account_id}") || !template.starts_with("arn:") {
+                    return Err(invalid(
+                        "role_arn_template",
+                        "--role-arn-template",
+                        format!("{template:?} has no {{account_id}} placeholder or is not an ARN"),
+                        "use e.g. arn:aws:iam::{account_id}:role/GuardlakeReadOnly",
+                    ));
+                }
+                RoleSpec::ArnTemplate(template)
+            }
+            (None, name) => {
+                let name = name.unwrap_or_else(|| "GuardlakeReadOnly".to_owned());
+                if name.is_empty() || name.len() > 64 || name.contains(':') {
+                    return Err(invalid(
+                        "role_name",
+                        "--role-name",
+                        format!("{name:?} is not a role name"),
+                        "use the role's name (1-64 characters), or a role ARN template",
+                    ));
+                }
+                RoleSpec::Name(name)
+            }
+        };
+        if let Some(external_id) = &self.external_id {
+            if !(2..=1224).contains(&external_id.len()) {
+                return Err(invalid(
+                    "external_id",
+                    "--external-id",
+                    "length must be 2 to 1224 characters",
+                    "use the external id of the member role's trust policy",
+                ));
+            }
+        }
+        let lookback_days = self.lookback_days.unwrap_or(30);
+        if lookback_days == 0 || lookback_days > MAX_LOOKBACK_DAYS {
+            return Err(invalid(
+                "lookback_days",
+                "--lookback-days",
+                format!("{lookback_days} is outside 1-{MAX_LOOKBACK_DAYS}"),
+                "GuardDuty keeps findings for 90 days; use 1 to 90",
+            ));
+        }
+        let mode = self.mode.unwrap_or(Mode::Member);
+        if mode == Mode::Member && self.admin_account.is_some() {
+            return Err(invalid(
+                "admin_account",
+                "--admin-account",
+                "set in member mode",
+                "use --mode delegated-admin with it, or drop it",
+            ));
+        }
+        let overlap_secs = self.overlap_secs.unwrap_or(1800);
+        if overlap_secs > 86_400 {
+            return Err(invalid(
+                "overlap_secs",
+                "--overlap-secs",
+                format!("{overlap_secs} is over a day"),
+                "use 0 to 86400 seconds",
+            ));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(6);
+        if !(1..=20).contains(&max_attempts) {
+            return Err(invalid(
+                "max_attempts",
+                "--max-attempts",
+                format!("{max_attempts} is outside 1-20"),
+                "use a value from 1 to 20",
+            ));
+        }
+        let target_file_bytes = self.target_file_bytes.unwrap_or(128 << 20);
+        if target_file_bytes < (1 << 20) {
+            return Err(invalid(
+                "target_file_bytes",
+                "--target-file-bytes",
+                "under 1 MiB",
+                "Athena prefers files of 64-512 MiB; use at least 1048576",
+            ));
+        }
+        Ok(ValidatedConfig {
+            output,
+            sse_kms_key_id: self.sse_kms_key_id,
+            regions,
+            accounts: self.accounts.map(dedup),
+            exclude_accounts: self.exclude_accounts.unwrap_or_default(),
+            include_ous: self.include_ous.unwrap_or_default(),
+            exclude_ous: self.exclude_ous.unwrap_or_default(),
+            role,
+            external_id: self.external_id,
+            mode,
+            admin_account: self.admin_account,
+            lookback_secs: i64::from(lookback_days) * 86_400,
+            overlap_secs: overlap_secs as i64,
+            concurrency: self
+                .concurrency
+                .unwrap_or(NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN)),
+            dry_run: self.dry_run.unwrap_or(false),
+            home_region: self.home_region,
+            max_attempts,
+            target_file_bytes,
+            flush_bytes: self.flush_bytes.unwrap_or(64 << 20).max(1 << 16),
+            work_dir: self.work_dir.unwrap_or_else(std::env::temp_dir),
+        })
+    }
+}
+
+fn dedup(mut items: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|item| seen.insert(item.clone()));
+    items
+}
+
+fn parse_output(uri: &str) -> Result<Output, ConfigError> {
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(invalid("output", "--output", format!("{bucket:?} is not an S3 bucket name"), "use s3://bucket/prefix with a bucket name of 3-63 lowercase letters, digits, '-' or '.'"));
+        }
+        return Ok(Output::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        });
+    }
+    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    if path.is_empty() || uri.contains("://") && !uri.starts_with("file://") {
+        return Err(invalid(
+            "output",
+            "--output",
+            format!("{uri:?} is not a supported location"),
+            "use file://DIR, a directory path, or s3://bucket/prefix",
+        ));
+    }
+    Ok(Output::Local(PathBuf::from(path)))
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `ap-southeast-4`…
+pub fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts
+            .iter()
+            .take(parts.len() - 1)
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts
+            .last()
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+pub fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.chars().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(config: Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = Config::default().validate().unwrap();
+        assert_eq!(config.output, Output::Local(PathBuf::from("./lake")));
+        assert_eq!(config.regions, Regions::Enabled);
+        assert_eq!(config.role, RoleSpec::Name("GuardlakeReadOnly".into()));
+        assert_eq!(config.lookback_secs, 30 * 86_400);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_flag() {
+        let lookback = error_of(Config {
+            lookback_days: Some(91),
+            ..Config::default()
+        });
+        assert!(
+            lookback.contains("lookback_days")
+                && lookback.contains("--lookback-days")
+                && lookback.contains("91"),
+            "{lookback}"
+        );
+        let region = error_of(Config {
+            regions: Some(vec!["us-east-1".into(), "moon-1".into()]),
+            ..Config::default()
+        });
+        assert!(
+            region.contains("`regions`") && region.contains("moon-1"),
+            "{region}"
+        );
+        let account = error_of(Config {
+            accounts: Some(vec!["12345".into()]),
+            ..Config::default()
+        });
+        assert!(
+            account.contains("`accounts`") && account.contains("12 digits"),
+            "{account}"
+        );
+        let template = error_of(Config {
+            role_arn_template: Some("arn:aws:iam::1:role/x".into()),
+            ..Config::default()
+        });
+        assert!(template.contains("{account_id}"), "{template}");
+        let output = error_of(Config {
+            output: Some("gs://bucket".into()),
+            ..Config::default()
+        });
+        assert!(output.contains("`output`"), "{output}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = std::env::temp_dir().join(format!("guardlake-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "regions = [\"us-east-1\"]\nlookback_dayz = 3\n").unwrap();
+        let message = Config::from_file(&path).unwrap_err().to_string();
+        assert!(message.contains("lookback_dayz"), "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Config {
+            lookback_days: Some(5),
+            regions: Some(vec!["eu-west-1".into()]),
+            ..Config::default()
+        };
+        let flags = Config {
+            lookback_days: Some(7),
+            ..Config::default()
+        };
+        let merged = file.overridden_by(flags).validate().unwrap();
+        assert_eq!(merged.lookback_secs, 7 * 86_400);
+        assert_eq!(merged.regions, Regions::List(vec!["eu-west-1".into()]));
+    }
+
+    #[test]
+    fn outputs_and_roles_parse() {
+        assert_eq!(
+            parse_output("s3://lake-bucket/guardlake/").unwrap(),
+            Output::S3 {
+                bucket: "lake-bucket".into(),
+                prefix: "guardlake".into()
+            }
+        );
+        assert_eq!(
+            parse_output("file:///tmp/x").unwrap(),
+            Output::Local(PathBuf::from("/tmp/x"))
+        );
+        assert_eq!(
+            RoleSpec::Name("R".into()).arn("aws", "012345678901"),
+            "arn:aws:iam::012345678901:role/R"
+        );
+        assert!(is_region("us-gov-west-1") && is_region("ap-southeast-4") && !is_region("useast1"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Which accounts and regions a run covers, and why anything is left out.
+//!
+//! Organizations facts: ListAccounts returns at most 20 per page and may return an empty page
+//! with a NextToken, so paging goes on until the token is absent (the SDK paginator does);
+//! `State` (ACTIVE, SUSPENDED, PENDING_CLOSURE, CLOSED) replaces the retired `Status`;
+//! ListAccountsForParent lists only direct children, so OUs are walked with ListChildren.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_organizations::types::ChildType;
+
+use crate::aws::Aws;
+use crate::config::{Regions, ValidatedConfig};
+use crate::error::{classify, TargetFailure};
+
+/// ListAccounts' documented maximum page size.
+const ORG_PAGE_SIZE: i32 = 20;
+
+/// An account left out of the run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub account_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Accounts {
+    /// Active accounts to cover, sorted.
+    pub active: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The accounts of the run: the static list, or the organization's ACTIVE accounts after
+/// OU and exclusion filters.
+pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, TargetFailure> {
+    let mut result = Accounts::default();
+    let excluded: BTreeSet<&String> = config.exclude_accounts.iter().collect();
+    if let Some(list) = &config.accounts {
+        for id in list {
+            if excluded.contains(id) {
+                result.skipped.push(Skipped {
+                    account_id: id.clone(),
+                    reason: "excluded by exclude_accounts".into(),
+                });
+            } else {
+                result.active.push(id.clone());
+            }
+        }
+        result.active.sort();
+        return Ok(result);
+    }
+
+    let org = aws.organizations();
+    let mut states: BTreeMap<String, String> = BTreeMap::new();
+    let mut pages = org
+        .list_accounts()
+        .max_results(ORG_PAGE_SIZE)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("organizations:ListAccounts", &e))?
+    {
+        for account in page.accounts() {
+            let state = account
+                .state()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "ACTIVE".to_owned());
+            if let Some(id) = account.id() {
+                states.insert(id.to_owned(), state);
+            }
+        }
+    }
+
+    let included: Option<BTreeSet<String>> = if config.include_ous.is_empty() {
+        None
+    } else {
+        Some(accounts_under(aws, &config.include_ous).await?)
+    };
+    let excluded_by_ou = if config.exclude_ous.is_empty() {
+        BTreeSet::new()
+    } else {
+        accounts_under(aws, &config.exclude_ous).await?
+    };
+
+    for (id, state) in states {
+        let reason = if state != "ACTIVE" {
+            Some(format!("account state is {state}"))
+        } else if excluded.contains(&id) {
+            Some("excluded by exclude_accounts".to_owned())
+        } else if included.as_ref().is_some_and(|set| !set.contains(&id)) {
+            Some("not under include_ous".to_owned())
+        } else if excluded_by_ou.contains(&id) {
+            Some("under exclude_ous".to_owned())
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => result.skipped.push(Skipped {
+                account_id: id,
+                reason,
+            }),
+            None => result.active.push(id),
+        }
+    }
+    Ok(result)
+}
+
+/// Every account under the given OUs or roots, nested OUs followed.
+async fn accounts_under(aws: &Aws, parents: &[String]) -> Result<BTreeSet<String>, TargetFailure> {
+    let org = aws.organizations();
+    let mut found = BTreeSet::new();
+    let mut queue: Vec<String> = parents.to_vec();
+    let mut seen = BTreeSet::new();
+    while let Some(parent) = queue.pop() {
+        if !seen.insert(parent.clone()) {
+            continue;
+        }
+        let mut accounts = org
+            .list_accounts_for_parent()
+            .parent_id(&parent)
+            .max_results(ORG_PAGE_SIZE)
+            .into_paginator()
+            .send();
+        while let Some(page) = accounts
+            .try_next()
+            .await
+            .map_err(|e| classify("organizations:ListAccountsForParent", &e))?
+        {
+            found.extend(
+                page.accounts()
+                    .iter()
+                    .filter_map(|a| a.id().map(str::to_owned)),
+            );
+        }
+        let mut children = org
+            .list_children()
+            .parent_id(&parent)
+            .child_type(ChildType::OrganizationalUnit)
+            .into_paginator()
+            .send();
+        while let Some(page) = children
+            .try_next()
+            .await
+            .map_err(|e| classify("organizations:ListChildren", &e))?
+        {
+            queue.extend(
+                page.children()
+                    .iter()
+                    .filter_map(|c| c.id().map(str::to_owned)),
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The regions to cover in `account_id`: the configured list, or every region the account
+/// reports ENABLED or ENABLED_BY_DEFAULT (account:ListRegions with the account's credentials).
+pub async fn regions(
+    aws: &Aws,
+    config: &ValidatedConfig,
+    account_id: &str,
+) -> Result<Vec<String>, TargetFailure> {
+    match &config.regions {
+        Regions::List(list) => Ok(list.clone()),
+        Regions::Enabled => {
+            let sdk = aws.account_config(account_id).await?;
+            let client = aws.account(&sdk);
+            let mut regions = Vec::new();
+            let mut pages = client
+                .list_regions()
+                .max_results(50)
+                .region_opt_status_contains(aws_sdk_account::types::RegionOptStatus::Enabled)
+                .region_opt_status_contains(
+                    aws_sdk_account::types::RegionOptStatus::EnabledByDefault,
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages
+                .try_next()
+                .await
+                .map_err(|e| classify("account:ListRegions", &e))?
+            {
+                regions.extend(
+                    page.regions()
+                        .iter()
+                        .filter_map(|r| r.region_name().map(str::to_owned)),
+                );
+            }
+            regions.sort();
+            Ok(regions)
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! guardlake: collects GuardDuty findings from every account and region of an AWS
+//! Organization into a partitioned Parquet lake that Athena and BI tools read.
+//!
+//! The stages, in the order a run goes through them (see `shared/DESIGN.md`):
+//! [`config`] → [`discover`] → [`aws`] (credentials per account) → [`sources`] →
+//! [`normalize`] → [`sink`] → [`state`] → [`report`]; [`run`] ties them together.
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod discover;
+pub mod error;
+pub mod normalize;
+pub mod report;
+pub mod run;
+pub mod sink;
+pub mod sources;
+pub mod state;

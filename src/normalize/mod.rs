@@ -1,0 +1,3 @@
+//! Turning source records into typed rows of the lake's tables.
+pub mod guardduty;
+pub mod schema;

@@ -1,0 +1,199 @@
+//! The run report: one `runs` row per run × target × source, and the human summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::ArrowError;
+
+use crate::discover::Skipped;
+use crate::error::{TargetFailure, TargetStatus};
+use crate::normalize::schema;
+
+/// How one target went.
+#[derive(Debug, Clone)]
+pub struct TargetOutcome {
+    pub account_id: String,
+    pub region: String,
+    pub source: &'static str,
+    pub mode: &'static str,
+    pub failure: Option<TargetFailure>,
+    pub findings_read: u64,
+    pub findings_written: u64,
+    pub findings_quarantined: u64,
+    pub window_start_ms: Option<i64>,
+    pub window_end_ms: Option<i64>,
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+}
+
+impl TargetOutcome {
+    pub fn status(&self) -> TargetStatus {
+        self.failure.as_ref().map_or(TargetStatus::Ok, |f| f.status)
+    }
+}
+
+/// Builds the `runs` RecordBatch, columns in `schemas/runs.json` order.
+pub fn runs_batch(run_id: &str, outcomes: &[TargetOutcome]) -> Result<RecordBatch, ArrowError> {
+    let schema = schema::runs().arrow_schema();
+    let n = outcomes.len();
+    let strings = |f: &dyn Fn(&TargetOutcome) -> Option<String>| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(n, n * 16);
+        outcomes.iter().for_each(|o| b.append_option(f(o)));
+        Arc::new(b.finish())
+    };
+    let longs = |f: &dyn Fn(&TargetOutcome) -> i64| -> ArrayRef {
+        let mut b = Int64Builder::with_capacity(n);
+        outcomes.iter().for_each(|o| b.append_value(f(o)));
+        Arc::new(b.finish())
+    };
+    let times = |f: &dyn Fn(&TargetOutcome) -> Option<i64>| -> ArrayRef {
+        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        outcomes.iter().for_each(|o| b.append_option(f(o)));
+        Arc::new(b.finish())
+    };
+    let mut columns = Vec::new();
+    for field in schema.fields() {
+        columns.push(match field.name().as_str() {
+            "run_id" => strings(&|_| Some(run_id.to_owned())),
+            "account_id" => strings(&|o| Some(o.account_id.clone())),
+            "region" => strings(&|o| Some(o.region.clone())),
+            "source" => strings(&|o| Some(o.source.to_owned())),
+            "mode" => strings(&|o| Some(o.mode.to_owned())),
+            "status" => strings(&|o| Some(o.status().as_str().to_owned())),
+            "findings_read" => longs(&|o| o.findings_read as i64),
+            "findings_written" => longs(&|o| o.findings_written as i64),
+            "findings_quarantined" => longs(&|o| o.findings_quarantined as i64),
+            "window_start" => times(&|o| o.window_start_ms),
+            "window_end" => times(&|o| o.window_end_ms),
+            "started_at" => times(&|o| Some(o.started_at_ms)),
+            "duration_ms" => longs(&|o| o.duration_ms),
+            "error_class" => strings(&|o| o.failure.as_ref().map(|f| f.class.clone())),
+            "error_message" => strings(&|o| o.failure.as_ref().map(|f| f.message.clone())),
+            other => {
+                return Err(ArrowError::SchemaError(format!(
+                    "schemas/runs.json has column {other} that the report does not fill"
+                )))
+            }
+        });
+    }
+    RecordBatch::try_new(schema, columns)
+}
+
+/// Totals of a run, for the summary and the exit code.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub files: usize,
+    pub bytes: u64,
+    pub duplicates_skipped: u64,
+    pub lake: String,
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// The summary printed on stdout at the end of a run.
+pub fn summary(
+    run_id: &str,
+    outcomes: &[TargetOutcome],
+    skipped: &[Skipped],
+    totals: &Totals,
+    seconds: f64,
+) -> String {
+    let mut by_status: BTreeMap<TargetStatus, usize> = BTreeMap::new();
+    for outcome in outcomes {
+        *by_status.entry(outcome.status()).or_default() += 1;
+    }
+    let statuses: Vec<String> = by_status
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect();
+    let read: u64 = outcomes.iter().map(|o| o.findings_read).sum();
+    let written: u64 = outcomes.iter().map(|o| o.findings_written).sum();
+    let quarantined: u64 = outcomes.iter().map(|o| o.findings_quarantined).sum();
+    let mut out = String::new();
+    let _ = writeln!(out, "guardlake run {run_id} finished in {seconds:.1} s");
+    let _ = writeln!(
+        out,
+        "  targets:  {} ({} total)",
+        statuses.join(", "),
+        outcomes.len()
+    );
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "  skipped:  {} account(s)", skipped.len());
+        for skip in skipped {
+            let _ = writeln!(out, "    {}  {}", skip.account_id, skip.reason);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  findings: {read} read, {written} new versions written, {} already published, {quarantined} quarantined",
+        totals.duplicates_skipped
+    );
+    let _ = writeln!(
+        out,
+        "  files:    {} ({}) in {}",
+        totals.files,
+        human_bytes(totals.bytes),
+        totals.lake
+    );
+    let failed: Vec<&TargetOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(out, "  failed targets:");
+        for outcome in failed {
+            if let Some(f) = &outcome.failure {
+                let _ = writeln!(
+                    out,
+                    "    {} {:<14} {:<16} {}: {}",
+                    outcome.account_id,
+                    outcome.region,
+                    f.status.as_str(),
+                    f.class,
+                    f.message
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: Option<TargetStatus>) -> TargetOutcome {
+        TargetOutcome {
+            account_id: "111122223333".into(),
+            region: "eu-west-1".into(),
+            source: "guardduty",
+            mode: "member",
+            failure: status.map(|s| TargetFailure::new(s, "AccessDenied", "no")),
+            findings_read: 3,
+            findings_written: 2,
+            findings_quarantined: 1,
+            window_start_ms: Some(0),
+            window_end_ms: Some(1),
+            started_at_ms: 0,
+            duration_ms: 5,
+        }
+    }
+
+    #[test]
+    fn runs_batch_matches_the_schema_and_summary_counts() {
+        let outcomes = vec![outcome(None), outcome(Some(TargetStatus::AccessDenied))];
+        let batch = runs_batch("r", &outcomes).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let text = summary("r", &outcomes, &[], &Totals::default(), 1.0);
+        assert!(text.contains("1 ok, 1 access_denied (2 total)"), "{text}");
+        assert!(text.contains("6 read, 4 new versions written"), "{text}");
+    }
+}

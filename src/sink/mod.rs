@@ -1,0 +1,3 @@
+//! Where rows go: Parquet encoding and the object store (local directory or S3).
+pub mod parquet;
+pub mod store;

@@ -1,0 +1,2 @@
+//! Readers of the AWS APIs that produce the lake's records.
+pub mod guardduty;
