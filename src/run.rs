@@ -391,10 +391,15 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     }
                 };
                 let account_id = value.get("accountId").and_then(|v| v.as_str()).unwrap_or(&chain.account_id).to_owned();
-                if let Some(members) = &chain.members {
-                    if !members.contains(&account_id) {
-                        continue; // Not an account this run covers (excluded, suspended, filtered by OU).
-                    }
+                // A delegated administrator's detector also lists its members' findings: in
+                // member mode those belong to the members' own chains, and in delegated-admin
+                // mode only the accounts this run covers count (not excluded or suspended ones).
+                let covered = match &chain.members {
+                    Some(members) => members.contains(&account_id),
+                    None => account_id == chain.account_id,
+                };
+                if !covered {
+                    continue;
                 }
                 let entry = counts.entry(account_id.clone()).or_default();
                 entry.read += 1;

@@ -98,6 +98,8 @@ def seed_org(members: int = 5, regions: tuple[str, ...] = ("us-east-1", "eu-west
     if admin:
         for region in regions:
             client("guardduty", region).enable_organization_admin_account(AdminAccountId=result.admin)
+            # The administrator's own detector, through which it reads its members.
+            control("POST", "/moto-api/ext/guardduty/findings", {"account_id": result.admin, "region": region, "findings": []})
     return result
 
 

@@ -1,0 +1,214 @@
+"""`guardlake run` end to end against the backend, read back with DuckDB's hive reader."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import ENDPOINT, guardduty_fixtures
+from seed import MANAGEMENT, create_org, findings_for, seed_findings, seed_org
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("GUARDLAKE_BIN", ROOT / "target" / "debug" / "guardlake"))
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+
+
+def guardlake(*args: str, check_codes=(0, 3)) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    done = subprocess.run([str(BINARY), *args], capture_output=True, text=True, env=env, timeout=300)
+    if check_codes is not None:
+        assert done.returncode in check_codes, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    return done
+
+
+def query(lake: Path, table: str, sql: str) -> list[tuple]:
+    con = duckdb.connect()
+    con.execute(f"create view {table} as select * from read_parquet('{lake}/{table}/*/*.parquet', hive_partitioning=true)")
+    return con.execute(sql).fetchall()
+
+
+def ms(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def test_every_version_once_with_typed_columns_and_classified_failures(tmp_path):
+    org = seed_org(members=3, regions=REGIONS, per_target=8)
+    fixtures = guardduty_fixtures()
+    fixture_account = org.members[1]
+    shaped = []
+    for fixture in fixtures.values():
+        finding = copy.deepcopy(fixture)
+        finding["accountId"], finding["region"] = fixture_account, "eu-west-1"
+        finding["updatedAt"] = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        shaped.append(finding)
+    seed_findings(fixture_account, "eu-west-1", shaped)
+    lake = tmp_path / "lake"
+    done = guardlake("run", "--output", str(lake), "--regions", ",".join(REGIONS), "--lookback-days", "10")
+    assert done.returncode == 3, "published, some targets failed"
+
+    # Everything but the disabled region's findings (the denied account's are not in org.findings).
+    expected = {(f["accountId"], f["region"], f["id"], ms(f["updatedAt"]))
+                for target, fs in org.findings.items() if target != org.disabled for f in fs}  # fmt: skip
+    expected |= {(f["accountId"], f["region"], f["id"], ms(f["updatedAt"])) for f in shaped}
+    rows = query(lake, "findings", "select account_id, region, id, updated_at, count(*) over (partition by account_id, region, id, updated_at) from findings")
+    assert {(a, r, i, u) for a, r, i, u, _ in rows} == expected
+    assert all(n == 1 for *_, n in rows), "every version exactly once"
+    assert query(lake, "findings", "select count(*) from findings where dt <> cast(updated_at as date)") == [(0,)]
+
+    columns = [
+        "type", "severity", "title", "archived", "count", "resource_type", "action_type", "instance_id", "access_key_id",
+        "user_name", "s3_bucket_names", "eks_cluster_name", "api", "service_name", "remote_ip", "remote_country", "local_port",
+        "remote_port", "protocol", "connection_direction", "blocked", "feature_name", "detector_id", "severity_label", "raw",
+    ]  # fmt: skip
+    for finding in shaped:
+        got = query(lake, "findings", f"select {', '.join(columns)} from findings where id = '{finding['id']}'")
+        assert len(got) == 1
+        row = dict(zip(columns, got[0]))
+        service, resource = finding["service"], finding["resource"]
+        action = service.get("action", {})
+        remote = next((v["remoteIpDetails"] for v in action.values() if isinstance(v, dict) and "remoteIpDetails" in v), None)
+        if remote is None and "portProbeAction" in action:
+            remote = action["portProbeAction"]["portProbeDetails"][0]["remoteIpDetails"]
+        assert row["type"] == finding["type"] and row["severity"] == finding["severity"] and row["title"] == finding["title"]
+        assert row["archived"] == service["archived"] and row["count"] == service["count"]
+        assert row["resource_type"] == resource["resourceType"]
+        assert row["action_type"] == action.get("actionType")
+        assert row["instance_id"] == resource.get("instanceDetails", {}).get("instanceId")
+        assert row["access_key_id"] == resource.get("accessKeyDetails", {}).get("accessKeyId")
+        assert row["eks_cluster_name"] == resource.get("eksClusterDetails", {}).get("name")
+        assert row["s3_bucket_names"] == ([b["name"] for b in resource["s3BucketDetails"]] if "s3BucketDetails" in resource else None)
+        assert row["api"] == action.get("awsApiCallAction", {}).get("api")
+        assert row["service_name"] == action.get("awsApiCallAction", {}).get("serviceName")
+        assert row["remote_ip"] == (remote or {}).get("ipAddressV4")
+        assert row["remote_country"] == (remote or {}).get("country", {}).get("countryName")
+        net = action.get("networkConnectionAction", {})
+        probe = (action.get("portProbeAction", {}).get("portProbeDetails") or [{}])[0]
+        assert row["local_port"] == (net.get("localPortDetails") or probe.get("localPortDetails") or {}).get("port")
+        assert row["remote_port"] == net.get("remotePortDetails", {}).get("port")
+        assert row["protocol"] == (net.get("protocol") or action.get("dnsRequestAction", {}).get("protocol"))
+        assert row["connection_direction"] == net.get("connectionDirection")
+        assert row["feature_name"] == service.get("featureName") and row["detector_id"] == service["detectorId"]
+        assert json.loads(row["raw"]) == finding, "raw is the finding as received"
+    labels = dict(query(lake, "findings", "select severity, any_value(severity_label) from findings group by 1"))
+    assert labels.get(2.0) == "Low" and labels.get(5.0) == "Medium" and labels.get(8.0) == "High" and labels.get(9.2) == "Critical"
+
+    runs = {(a, r): (s, c) for a, r, s, c in query(lake, "runs", "select account_id, region, status, error_class from runs")}
+    assert runs[(org.denied, "us-east-1")] == ("access_denied", "AccessDenied")
+    assert runs[org.disabled][0] == "region_disabled"
+    assert runs[(org.admin, "us-east-1")][0] == "ok", "the admin has a detector and no findings of its own"
+    assert runs[(MANAGEMENT, "us-east-1")][0] == "not_enabled", "no detector in the management account"
+    assert org.suspended not in {a for a, _ in runs}
+    assert f"{org.suspended}  account state is SUSPENDED" in done.stdout
+    for (account, region), found in org.findings.items():
+        if (account, region) == org.disabled:
+            continue
+        status, = query(lake, "runs", f"select status from runs where account_id = '{account}' and region = '{region}'")[0]
+        assert status == "ok"
+
+
+def normalized_rows(lake: Path) -> list[tuple]:
+    return query(lake, "findings", "select * exclude (run_id, collected_at) from findings order by account_id, region, id, updated_at")
+
+
+def test_member_and_delegated_admin_modes_give_identical_rows(tmp_path):
+    org = seed_org(members=3, regions=REGIONS[:2], per_target=10, with_trouble=False)
+    member, admin = tmp_path / "member", tmp_path / "admin"
+    guardlake("run", "--output", str(member), "--regions", ",".join(REGIONS[:2]), "--exclude-accounts", MANAGEMENT)
+    guardlake("run", "--output", str(admin), "--regions", ",".join(REGIONS[:2]), "--mode", "delegated-admin",
+              "--admin-account", org.admin, "--exclude-accounts", MANAGEMENT)  # fmt: skip
+    member_rows, admin_rows = normalized_rows(member), normalized_rows(admin)
+    assert len(member_rows) == 3 * 2 * 10
+    assert member_rows == admin_rows
+    modes = query(admin, "runs", "select distinct mode from runs")
+    assert modes == [("delegated-admin",)]
+    written = query(admin, "runs", "select account_id, sum(findings_written) from runs group by 1 order by 1")
+    assert {a: n for a, n in written} == {a: 20 for a in org.members[1:]} | {org.admin: 0}
+
+
+def test_second_run_writes_nothing_and_an_update_adds_one_version(tmp_path):
+    [account] = create_org(["solo"])
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    found = findings_for(account, "eu-west-1", 20, base)
+    seed_findings(account, "eu-west-1", found)
+    lake = tmp_path / "lake"
+    args = ("run", "--output", str(lake), "--regions", "eu-west-1", "--accounts", account)
+    guardlake(*args)
+    assert query(lake, "findings", "select count(*) from findings") == [(20,)]
+    second = guardlake(*args)
+    assert query(lake, "findings", "select count(*) from findings") == [(20,)]
+    assert "0 new versions written" in second.stdout
+
+    updated = copy.deepcopy(found[3])
+    updated["service"]["count"] += 40
+    updated["updatedAt"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seed_findings(account, "eu-west-1", [updated])
+    guardlake(*args)
+    versions = query(lake, "findings", f"select count, updated_at from findings where id = '{updated['id']}' order by updated_at")
+    assert [v[0] for v in versions] == [found[3]["service"]["count"], updated["service"]["count"]]
+    assert query(lake, "findings", "select count(*) from findings") == [(21,)]
+    runs = query(lake, "runs", "select count(distinct run_id), sum(findings_written) from runs")
+    assert runs == [(3, 21)]
+
+
+def test_malformed_and_unknown_findings_are_kept_and_counted(tmp_path):
+    [account] = create_org(["odd"])
+    base = datetime.now(timezone.utc) - timedelta(days=1)
+    good = findings_for(account, "us-east-1", 3, base)
+    novel = copy.deepcopy(good[0])
+    novel["id"] = "f" * 32
+    novel["type"] = "Impact:Bedrock/NeverSeenBefore"
+    novel["resource"]["resourceType"] = "BedrockModel"
+    novel["service"]["action"] = {"actionType": "MODEL_INVOCATION", "modelInvocationAction": {"model": "x"}}
+    novel["brandNewMember"] = {"nested": True}
+    broken = copy.deepcopy(good[1])
+    broken["id"] = "e" * 32
+    broken["severity"] = "very high"
+    seed_findings(account, "us-east-1", good + [novel, broken])
+    lake = tmp_path / "lake"
+    guardlake("run", "--output", str(lake), "--regions", "us-east-1", "--accounts", account)
+    assert query(lake, "findings", "select count(*) from findings") == [(4,)]
+    raw, action = query(lake, "findings", f"select raw, action_type from findings where id = '{'f' * 32}'")[0]
+    assert action == "MODEL_INVOCATION" and json.loads(raw)["brandNewMember"] == {"nested": True}
+    assert query(lake, "runs", "select findings_read, findings_written, findings_quarantined, status from runs") == [(5, 4, 1, "ok")]
+    [quarantine_file] = list((lake / "_quarantine").rglob("*.jsonl"))
+    entry = json.loads(quarantine_file.read_text())
+    assert entry["finding_id"] == "e" * 32 and "severity" in entry["reason"]
+    assert json.loads(entry["raw"])["severity"] == "very high"
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "names"),
+    [
+        ("lookback_dayz = 3\n", [], ["lookback_dayz"]),
+        ("", ["--regions", "us-east-1,mars-north-1"], ["regions", "mars-north-1"]),
+        ("lookback_days = 120\n", [], ["lookback_days", "120"]),
+        ("", ["--lookback-days", "91"], ["lookback_days", "--lookback-days"]),
+        ('accounts = ["12"]\n', [], ["accounts"]),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_problem(tmp_path, config, flags, names):
+    path = tmp_path / "guardlake.toml"
+    path.write_text(config)
+    done = guardlake("run", "--config", str(path), "--output", str(tmp_path / "lake"), *flags, check_codes=None)
+    assert done.returncode == 2
+    for name in names:
+        assert name in done.stderr
+    assert not (tmp_path / "lake").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    org = seed_org(members=2, regions=REGIONS[:1], per_target=2)
+    done = guardlake("run", "--output", str(tmp_path / "lake"), "--regions", "us-east-1", "--dry-run")
+    assert "Plan (member mode" in done.stdout
+    assert f"skip {org.suspended}: account state is SUSPENDED" in done.stdout
+    assert f"fail {org.denied} *" in done.stdout or org.denied in done.stdout
+    assert not (tmp_path / "lake").exists()
