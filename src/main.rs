@@ -10,7 +10,7 @@ use guardlake::error::{exit_code, RunError};
 fn init_logs() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("GUARDLAKE_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
+            tracing_subscriber::EnvFilter::new("info,aws_config=error,aws_smithy_runtime=warn")
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -164,7 +164,9 @@ fn classify_credentials_error(
     while let Some(current) = source {
         if let Some(sdk) = current.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
             let mut failure = classify("sts:AssumeRole", sdk);
-            failure.message = format!("{} (role {role_arn})", failure.message);
+            if !failure.message.contains(role_arn) {
+                failure.message = format!("{} (role {role_arn})", failure.message);
+            }
             return failure;
         }
         source = current.source();
