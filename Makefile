@@ -60,10 +60,8 @@ demo: venv ## The job end to end on the local backend, into ./lake, then an SQL 
 	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) tests/demo/run.sh || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
-bench: ## Normalize + encode throughput and peak RSS, written to bench/results.txt
-	$(CARGO) build --release --bin guardlake
-	mkdir -p bench
-	tests/bench/run.sh target/release/guardlake bench/results.txt
+bench: ## Normalize + encode throughput and peak RSS on 120k findings, written to bench/results.txt
+	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 
 clean: emulator-stop ## Remove build output, the venv and the demo lake
 	rm -rf target $(VENV) lake

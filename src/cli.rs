@@ -8,19 +8,106 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Mode};
 
 const EXIT_CODES: &str = "Exit codes: 0 every target ok; 2 invalid command line or config; \
-3 published, but some targets failed (see the runs table); 4 run failed, nothing published.";
+3 published, but some targets failed (see the runs table); 4 run failed, nothing published; \
+5 another run holds the lake's lock, nothing done.";
 
 #[derive(Debug, Parser)]
 #[command(name = "guardlake", version, about = "Collects GuardDuty findings from every account and region of an AWS Organization into a partitioned Parquet lake.", after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Test-only: kill the process with SIGKILL at this named point (crash tests).
+    #[arg(long, env = "GUARDLAKE_CRASH_AT", hide = true, global = true)]
+    pub crash_at: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Discover accounts and regions, pull new finding versions, publish Parquet, report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Merge the small files of closed partitions into files near --target-file-bytes.
+    Compact(Box<CompactArgs>),
+}
+
+/// How guardlake reaches S3 (shared by every command).
+#[derive(Debug, Args, Default, Clone)]
+pub struct S3Args {
+    /// Use path-style S3 addressing; on by itself when AWS_ENDPOINT_URL(_S3) is set.
+    #[arg(long, env = "GUARDLAKE_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    #[arg(long, env = "AWS_ENDPOINT_URL", hide = true)]
+    pub aws_endpoint_url: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3", hide = true)]
+    pub aws_endpoint_url_s3: Option<String>,
+}
+
+impl S3Args {
+    /// Path-style S3 when asked, or when an endpoint override points at a non-AWS server.
+    pub fn path_style(&self) -> bool {
+        self.s3_path_style || self.aws_endpoint_url.is_some() || self.aws_endpoint_url_s3.is_some()
+    }
+}
+
+/// A time on the command line: RFC 3339 (`2026-11-01T00:00:00Z`) or a UTC date (`2026-11-01`).
+fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!("{value:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)")
+        })
+}
+
+/// Flags of `guardlake compact`.
+#[derive(Debug, Args, Default)]
+pub struct CompactArgs {
+    /// TOML config file (the same as `run`'s; only lake keys are used).
+    #[arg(long, env = "GUARDLAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Lake location: file://DIR, a directory, or s3://bucket/prefix [default: ./lake].
+    #[arg(long, env = "GUARDLAKE_OUTPUT", value_name = "URI")]
+    pub output: Option<String>,
+    /// Only this table (findings or runs) [default: every table].
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Only this partition (YYYY-MM-DD), closed or not [default: every closed partition].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub dt: Option<chrono::NaiveDate>,
+    /// Merged files roll near this many bytes [default: 134217728].
+    #[arg(long, env = "GUARDLAKE_TARGET_FILE_BYTES", value_name = "BYTES")]
+    pub target_file_bytes: Option<u64>,
+    /// KMS key id/ARN for SSE-KMS on S3 objects (S3 output only).
+    #[arg(long, env = "GUARDLAKE_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// Region for STS [default: the SDK region, else us-east-1].
+    #[arg(long, env = "GUARDLAKE_HOME_REGION", value_name = "REGION")]
+    pub home_region: Option<String>,
+    /// Scratch directory [default: the system temp dir].
+    #[arg(long, env = "GUARDLAKE_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Lease of the lake's run lock, seconds [default: 900].
+    #[arg(long, env = "GUARDLAKE_LOCK_LEASE_SECS", value_name = "SECS")]
+    pub lock_lease_secs: Option<u64>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+impl CompactArgs {
+    pub fn as_config(&self) -> Config {
+        Config {
+            output: self.output.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            target_file_bytes: self.target_file_bytes,
+            home_region: self.home_region.clone(),
+            work_dir: self.work_dir.clone(),
+            lock_lease_secs: self.lock_lease_secs,
+            ..Config::default()
+        }
+    }
 }
 
 /// A comma-separated flag value, trimmed, empty items dropped.
@@ -130,13 +217,21 @@ pub struct RunArgs {
     /// Scratch directory for Parquet files before upload [default: the system temp dir].
     #[arg(long, env = "GUARDLAKE_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Use path-style S3 addressing; on by itself when AWS_ENDPOINT_URL(_S3) is set.
-    #[arg(long, env = "GUARDLAKE_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
-    #[arg(long, env = "AWS_ENDPOINT_URL", hide = true)]
-    pub aws_endpoint_url: Option<String>,
-    #[arg(long, env = "AWS_ENDPOINT_URL_S3", hide = true)]
-    pub aws_endpoint_url_s3: Option<String>,
+    /// Lease of the lake's run lock, seconds; a crashed run's lock expires after it [default: 900].
+    #[arg(long, env = "GUARDLAKE_LOCK_LEASE_SECS", value_name = "SECS")]
+    pub lock_lease_secs: Option<u64>,
+    /// Backfill: re-collect from this time (RFC 3339 or YYYY-MM-DD), adding only versions the
+    /// lake lacks; checkpoints are left as they are. Needs --until.
+    #[arg(long, value_parser = parse_time, requires = "until", value_name = "TIME")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// End (exclusive) of a backfill window.
+    #[arg(long, value_parser = parse_time, requires = "since", value_name = "TIME")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// After publishing, compact closed partitions (as `guardlake compact`).
+    #[arg(long, env = "GUARDLAKE_COMPACT")]
+    pub compact: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 impl RunArgs {
@@ -164,12 +259,8 @@ impl RunArgs {
             target_file_bytes: self.target_file_bytes,
             flush_bytes: self.flush_bytes,
             work_dir: self.work_dir.clone(),
+            lock_lease_secs: self.lock_lease_secs,
         }
-    }
-
-    /// Path-style S3 when asked, or when an endpoint override points at a non-AWS server.
-    pub fn s3_path_style(&self) -> bool {
-        self.s3_path_style || self.aws_endpoint_url.is_some() || self.aws_endpoint_url_s3.is_some()
     }
 }
 
@@ -191,7 +282,9 @@ mod tests {
             "--dry-run",
         ])
         .unwrap();
-        let Command::Run(args) = parsed.command;
+        let Command::Run(args) = parsed.command else {
+            panic!("parsed as run")
+        };
         assert_eq!(
             args.as_config().regions,
             Some(vec!["us-east-1".to_owned(), "eu-west-1".to_owned()])

@@ -74,6 +74,9 @@ pub struct Config {
     pub flush_bytes: Option<u64>,
     /// Local scratch directory for Parquet files before upload. Default: the system temp dir.
     pub work_dir: Option<PathBuf>,
+    /// Lease of the run lock in seconds, renewed every third of it; a crashed run's lock
+    /// expires after it. Default 900.
+    pub lock_lease_secs: Option<u64>,
 }
 
 /// Where the lake lives.
@@ -130,6 +133,7 @@ pub struct ValidatedConfig {
     pub target_file_bytes: u64,
     pub flush_bytes: u64,
     pub work_dir: PathBuf,
+    pub lock_lease_secs: u64,
 }
 
 /// A config problem, naming the key (and its flag) and how to fix it.
@@ -204,7 +208,8 @@ impl Config {
             max_attempts,
             target_file_bytes,
             flush_bytes,
-            work_dir
+            work_dir,
+            lock_lease_secs
         )
     }
 
@@ -399,7 +404,17 @@ impl Config {
                 "Athena prefers files of 64-512 MiB; use at least 1048576",
             ));
         }
+        let lock_lease_secs = self.lock_lease_secs.unwrap_or(900);
+        if !(1..=86_400).contains(&lock_lease_secs) {
+            return Err(invalid(
+                "lock_lease_secs",
+                "--lock-lease-secs",
+                format!("{lock_lease_secs} is outside 1-86400"),
+                "use a lease longer than a run's publish step, e.g. 900",
+            ));
+        }
         Ok(ValidatedConfig {
+            lock_lease_secs,
             output,
             sse_kms_key_id: self.sse_kms_key_id,
             regions,

@@ -120,6 +120,10 @@ pub enum RunError {
     Store { key: String, message: String },
     #[error("encoding Parquet failed: {0}")]
     Encode(String),
+    #[error("{0}")]
+    Locked(String),
+    #[error("publishing failed: {0}")]
+    Publish(String),
 }
 
 /// What the process exits with. Documented in the README and `--help`.
@@ -132,6 +136,8 @@ pub mod exit_code {
     pub const PARTIAL: i32 = 3;
     /// The run failed and nothing was published.
     pub const FAILED: i32 = 4;
+    /// Another run holds the lake's lock (or took it over): this one did nothing.
+    pub const LOCKED: i32 = 5;
 }
 
 #[cfg(test)]

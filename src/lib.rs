@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod discover;
 pub mod error;

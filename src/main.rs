@@ -1,11 +1,13 @@
 //! The guardlake binary: parse the command line, set up logs, run, exit with a documented code.
 
 use std::io::IsTerminal;
+use std::path::Path;
 
 use clap::Parser;
 use guardlake::cli::{Cli, Command};
-use guardlake::config::Config;
+use guardlake::config::{Config, ValidatedConfig};
 use guardlake::error::{exit_code, RunError};
+use guardlake::run::{Backfill, RunOptions};
 
 fn init_logs() {
     let filter =
@@ -26,48 +28,97 @@ fn init_logs() {
     }
 }
 
+/// The config file (if any) overridden by flags and environment, validated; exits 2 when bad.
+fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
+    let base = match file {
+        Some(path) => Config::from_file(path).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            std::process::exit(exit_code::CONFIG);
+        }),
+        None => Config::default(),
+    };
+    base.overridden_by(flags).validate().unwrap_or_else(|err| {
+        eprintln!("error: {err}");
+        std::process::exit(exit_code::CONFIG);
+    })
+}
+
+fn exit_for(err: &RunError) -> i32 {
+    match err {
+        RunError::Config(_) => exit_code::CONFIG,
+        RunError::Locked(_) => exit_code::LOCKED,
+        _ => exit_code::FAILED,
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     init_logs();
-    let Command::Run(args) = cli.command;
-    let file = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(config) => config,
-            Err(err) => {
-                eprintln!("error: {err}");
-                std::process::exit(exit_code::CONFIG);
-            }
-        },
-        None => Config::default(),
-    };
-    let config = match file.overridden_by(args.as_config()).validate() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::exit(exit_code::CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    if let Some(point) = cli.crash_at {
+        guardlake::state::set_crash_point(point);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
+        .unwrap_or_else(|err| {
             eprintln!("error: cannot start the async runtime: {err}");
             std::process::exit(exit_code::FAILED);
+        });
+    let code = match cli.command {
+        Command::Run(args) => {
+            let config = load_config(args.config.as_deref(), args.as_config());
+            let backfill = match (args.since, args.until) {
+                (Some(since), Some(until)) if since < until => Some(Backfill {
+                    since_ms: since.timestamp_millis(),
+                    until_ms: until.timestamp_millis(),
+                }),
+                (Some(_), Some(_)) => {
+                    eprintln!("error: invalid `--since`/`--until`: --since must be before --until");
+                    std::process::exit(exit_code::CONFIG);
+                }
+                _ => None,
+            };
+            let options = RunOptions {
+                s3_path_style: args.s3.path_style(),
+                backfill,
+                compact: args.compact,
+            };
+            match runtime.block_on(guardlake::run::run(config, options)) {
+                Ok(result) if result.all_ok() => exit_code::OK,
+                Ok(_) => exit_code::PARTIAL,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    exit_for(&err)
+                }
+            }
         }
-    };
-    let code = match runtime.block_on(guardlake::run::run(config, args.s3_path_style())) {
-        Ok(result) if result.all_ok() => exit_code::OK,
-        Ok(result) if result.published => exit_code::PARTIAL,
-        Ok(_) => exit_code::PARTIAL,
-        Err(err @ RunError::Config(_)) => {
-            eprintln!("error: {err}");
-            exit_code::CONFIG
-        }
-        Err(err) => {
-            eprintln!("error: run failed, nothing published: {err}");
-            exit_code::FAILED
+        Command::Compact(args) => {
+            let config = load_config(args.config.as_deref(), args.as_config());
+            let options = RunOptions {
+                s3_path_style: args.s3.path_style(),
+                ..RunOptions::default()
+            };
+            match runtime.block_on(guardlake::run::compact(
+                config,
+                options,
+                args.table.clone(),
+                args.dt,
+            )) {
+                Ok(merged) => {
+                    println!("Compacted {} partition(s).", merged.len());
+                    for m in merged {
+                        println!(
+                            "  {} dt={}: {} files -> {} ({} rows)",
+                            m.table, m.dt, m.files_before, m.files_after, m.rows
+                        );
+                    }
+                    exit_code::OK
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    exit_for(&err)
+                }
+            }
         }
     };
     std::process::exit(code);

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -16,9 +16,11 @@ use crate::error::{RunError, TargetFailure, TargetStatus};
 use crate::normalize::guardduty::{normalize, RunStamp};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::sink::parquet::{self as pq, FindingsWriter};
-use crate::sink::store::Store;
+use crate::sink::store::{Store, Tag};
 use crate::sources::guardduty::{self as gd, RawFinding, Window};
-use crate::state::{self, Watermark};
+use crate::state::journal::{self, Checkpoint, Copy, Journal};
+use crate::state::lock::{LockError, RunLock};
+use crate::state::{self, crash_point, Watermark};
 
 const SOURCE: &str = "guardduty";
 
@@ -44,6 +46,8 @@ struct Chain {
     members: Option<Arc<HashSet<String>>>,
     window: Window,
     mark: Watermark,
+    /// The checkpoint's version tag when it was read (None: no checkpoint yet).
+    mark_tag: Option<Tag>,
 }
 
 /// A finding that could not be normalized, kept whole under `_quarantine/`.
@@ -78,6 +82,8 @@ struct Collector {
     writer: Mutex<Option<FindingsWriter>>,
     quarantine: Mutex<Vec<Quarantined>>,
     encode_error: Mutex<Option<String>>,
+    /// Versions the lake already has (backfills): (account_id, region, id, updated_at ms).
+    existing: HashSet<(String, String, String, i64)>,
 }
 
 pub fn now_ms() -> i64 {
@@ -90,138 +96,442 @@ fn iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-pub async fn run(config: ValidatedConfig, s3_path_style: bool) -> Result<RunResult, RunError> {
+/// A window given on the command line: a backfill re-collects it, adding only versions the
+/// lake does not have, and leaves checkpoints alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Backfill {
+    pub since_ms: i64,
+    pub until_ms: i64,
+}
+
+/// Everything a run needs beyond the validated config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub s3_path_style: bool,
+    pub backfill: Option<Backfill>,
+    /// Compact closed partitions after publishing.
+    pub compact: bool,
+}
+
+fn store_err(e: crate::sink::store::StoreError) -> RunError {
+    RunError::Store {
+        key: e.key,
+        message: e.message,
+    }
+}
+
+fn put_err(e: crate::sink::store::PutError) -> RunError {
+    RunError::Store {
+        key: String::new(),
+        message: e.to_string(),
+    }
+}
+
+fn open_store(config: &ValidatedConfig, aws: &Aws) -> Store {
+    match &config.output {
+        Output::Local(root) => Store::Local { root: root.clone() },
+        Output::S3 { bucket, prefix } => Store::S3 {
+            client: aws.s3(),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            sse_kms_key_id: config.sse_kms_key_id.clone(),
+            part_bytes: crate::sink::store::MULTIPART_PART_BYTES,
+        },
+    }
+}
+
+/// Takes the run lock and finishes whatever an interrupted run committed.
+async fn lock_and_recover(
+    store: &Arc<Store>,
+    run_id: &str,
+    config: &ValidatedConfig,
+) -> Result<Arc<RunLock>, RunError> {
+    let lock = RunLock::acquire(store, run_id, Duration::from_secs(config.lock_lease_secs))
+        .await
+        .map_err(|e| match e {
+            LockError::Store(e) => store_err(e),
+            other => RunError::Locked(other.to_string()),
+        })?;
+    crash_point("after_lock");
+    let recovery = journal::recover(store)
+        .await
+        .map_err(|e| RunError::Publish(e.to_string()))?;
+    if recovery.rolled_forward + recovery.discarded_runs > 0 {
+        info!(
+            rolled_forward = recovery.rolled_forward,
+            discarded_runs = recovery.discarded_runs,
+            "Recovered from an interrupted run."
+        );
+    }
+    crash_point("after_recovery");
+    Ok(lock)
+}
+
+pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResult, RunError> {
     let started = Instant::now();
     let run_id = uuid::Uuid::now_v7().to_string();
     let run_start_ms = now_ms();
     let span = info_span!("run", run_id = %run_id);
     async move {
-        let aws = Aws::load(&config, &run_id, s3_path_style).await.map_err(RunError::Discovery)?;
+        let aws = Aws::load(&config, &run_id, options.s3_path_style).await.map_err(RunError::Discovery)?;
         info!(home_account = %aws.home_account, home_region = %aws.home_region, mode = config.mode.as_str(), "Starting run.");
-        let store = match &config.output {
-            Output::Local(root) => Store::Local { root: root.clone() },
-            Output::S3 { bucket, prefix } => Store::S3 { client: aws.s3(), bucket: bucket.clone(), prefix: prefix.clone(), sse_kms_key_id: config.sse_kms_key_id.clone() },
-        };
-        let accounts = discover::accounts(&aws, &config).await.map_err(RunError::Discovery)?;
-        info!(active = accounts.active.len(), skipped = accounts.skipped.len(), "Discovered accounts.");
-
-        let (chains, mut outcomes) = plan(&aws, &config, &store, &accounts.active, run_start_ms).await?;
-        if config.dry_run {
-            print!("{}", render_plan(&config, &chains, &accounts.skipped, &outcomes));
-            return Ok(RunResult { outcomes, published: false });
+        let store = Arc::new(open_store(&config, &aws));
+        // A dry run only reads: no lock, no recovery.
+        let lock = if config.dry_run { None } else { Some(lock_and_recover(&store, &run_id, &config).await?) };
+        let keep_alive = lock.as_ref().map(|l| l.keep_alive(store.clone()));
+        let result = run_locked(&config, &options, &aws, &store, lock.as_deref(), &run_id, run_start_ms, started).await;
+        if let Some(handle) = keep_alive {
+            handle.abort();
         }
-
-        let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));
-        std::fs::create_dir_all(&work_dir).map_err(|e| RunError::Store { key: work_dir.display().to_string(), message: e.to_string() })?;
-        let stamp = RunStamp { run_id: run_id.clone(), collected_at_ms: run_start_ms };
-        let collector = Arc::new(Collector {
-            writer: Mutex::new(Some(FindingsWriter::new(work_dir.clone(), stamp, config.flush_bytes, config.target_file_bytes))),
-            quarantine: Mutex::new(Vec::new()),
-            encode_error: Mutex::new(None),
-        });
-
-        let progress = progress_bar(chains.len() as u64);
-        let results: Vec<ChainResult> = futures::stream::iter(chains)
-            .map(|chain| {
-                let aws = &aws;
-                let collector = collector.clone();
-                let progress = progress.clone();
-                async move {
-                    let span = info_span!("target", account_id = %chain.account_id, region = %chain.region, source = SOURCE);
-                    let result = collect_chain(aws, chain, &collector).instrument(span).await;
-                    if let Some(bar) = &progress {
-                        bar.inc(1);
-                    }
-                    result
-                }
-            })
-            .buffer_unordered(config.concurrency.get())
-            .collect()
-            .await;
-        if let Some(bar) = &progress {
-            bar.finish_and_clear();
-        }
-        if let Some(message) = collector.encode_error.lock().ok().and_then(|mut e| e.take()) {
-            return Err(RunError::Encode(message));
-        }
-
-        // Publish: data files, then the report, then quarantine, then the checkpoints.
-        let writer = collector.writer.lock().ok().and_then(|mut w| w.take());
-        let staged = match writer {
-            Some(writer) => writer.finish().map_err(|e| RunError::Encode(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let mut totals = Totals { lake: store.uri(""), ..Totals::default() };
-        for file in &staged {
-            let key = format!("findings/dt={}/{}", file.dt, file.name);
-            totals.bytes += store.create_from_file(&file.path, &key).await.map_err(|e| RunError::Store { key: e.key, message: e.message })?;
-            totals.files += 1;
-        }
-
-        let mode = config.mode.as_str();
-        let mut states = Vec::new();
-        for result in results {
-            totals.duplicates_skipped += result.duplicates;
-            if result.failure.is_none() {
-                let mark = result.chain.mark.advance(result.chain.window.end_ms, config.overlap_secs * 1000, result.new_versions);
-                states.push((result.chain.account_id.clone(), result.chain.region.clone(), mark));
-            }
-            let accounts: Vec<String> = match &result.chain.members {
-                Some(members) => {
-                    let mut list: Vec<String> = members.iter().cloned().collect();
-                    list.sort();
-                    list
-                }
-                None => vec![result.chain.account_id.clone()],
-            };
-            for account_id in accounts {
-                let counts = result.counts.get(&account_id);
-                outcomes.push(TargetOutcome {
-                    account_id,
-                    region: result.chain.region.clone(),
-                    source: SOURCE,
-                    mode,
-                    failure: result.failure.clone(),
-                    findings_read: counts.map_or(0, |c| c.read),
-                    findings_written: counts.map_or(0, |c| c.written),
-                    findings_quarantined: counts.map_or(0, |c| c.quarantined),
-                    window_start_ms: Some(result.chain.window.start_ms),
-                    window_end_ms: Some(result.chain.window.end_ms),
-                    started_at_ms: result.started_at_ms,
-                    duration_ms: result.duration_ms,
-                });
+        crash_point("before_lock_release");
+        if let Some(lock) = lock {
+            if let Err(e) = lock.release(&store).await {
+                warn!(error = %e, "Could not release the run lock; it expires with its lease.");
             }
         }
-        outcomes.sort_by(|a, b| (&a.account_id, &a.region).cmp(&(&b.account_id, &b.region)));
-
-        let run_dt = DateTime::<Utc>::from_timestamp_millis(run_start_ms).map(|t| t.date_naive()).unwrap_or_default();
-        let runs = report::runs_batch(&run_id, &outcomes).map_err(|e| RunError::Encode(e.to_string()))?;
-        let runs_path = work_dir.join("runs.parquet");
-        pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;
-        let runs_key = format!("runs/dt={run_dt}/{run_id}.parquet");
-        totals.bytes += store.create_from_file(&runs_path, &runs_key).await.map_err(|e| RunError::Store { key: e.key, message: e.message })?;
-        totals.files += 1;
-
-        let quarantined = std::mem::take(&mut *collector.quarantine.lock().unwrap_or_else(|p| p.into_inner()));
-        if !quarantined.is_empty() {
-            let lines: String = quarantined.iter().filter_map(|q| serde_json::to_string(q).ok()).map(|l| l + "\n").collect();
-            let path = work_dir.join("quarantine.jsonl");
-            std::fs::write(&path, lines).map_err(|e| RunError::Store { key: path.display().to_string(), message: e.to_string() })?;
-            let key = format!("_quarantine/findings/dt={run_dt}/{run_id}.jsonl");
-            store.create_from_file(&path, &key).await.map_err(|e| RunError::Store { key: e.key, message: e.message })?;
-            warn!(count = quarantined.len(), key = %store.uri(&key), "Quarantined malformed findings.");
-        }
-
-        for (account_id, region, mark) in &states {
-            state::save(&store, SOURCE, account_id, region, mark).await.map_err(|e| RunError::Store { key: e.key, message: e.message })?;
-        }
-        let _ = std::fs::remove_dir_all(&work_dir);
-
-        print!("{}", report::summary(&run_id, &outcomes, &accounts.skipped, &totals, started.elapsed().as_secs_f64()));
-        Ok(RunResult { outcomes, published: true })
+        result
     }
     .instrument(span)
     .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_locked(
+    config: &ValidatedConfig,
+    options: &RunOptions,
+    aws: &Aws,
+    store: &Arc<Store>,
+    lock: Option<&RunLock>,
+    run_id: &str,
+    run_start_ms: i64,
+    started: Instant,
+) -> Result<RunResult, RunError> {
+    let accounts = discover::accounts(aws, config)
+        .await
+        .map_err(RunError::Discovery)?;
+    info!(
+        active = accounts.active.len(),
+        skipped = accounts.skipped.len(),
+        "Discovered accounts."
+    );
+    crash_point("after_discovery");
+
+    let (chains, mut outcomes) = plan(
+        aws,
+        config,
+        store,
+        &accounts.active,
+        run_start_ms,
+        options.backfill,
+    )
+    .await?;
+    if config.dry_run {
+        print!(
+            "{}",
+            render_plan(config, &chains, &accounts.skipped, &outcomes)
+        );
+        return Ok(RunResult {
+            outcomes,
+            published: false,
+        });
+    }
+
+    let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));
+    std::fs::create_dir_all(&work_dir).map_err(|e| RunError::Store {
+        key: work_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let result = collect_and_publish(
+        config,
+        options,
+        aws,
+        store,
+        lock,
+        run_id,
+        run_start_ms,
+        started,
+        &work_dir,
+        chains,
+        &mut outcomes,
+        &accounts.skipped,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    result?;
+    Ok(RunResult {
+        outcomes,
+        published: true,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn collect_and_publish(
+    config: &ValidatedConfig,
+    options: &RunOptions,
+    aws: &Aws,
+    store: &Arc<Store>,
+    lock: Option<&RunLock>,
+    run_id: &str,
+    run_start_ms: i64,
+    started: Instant,
+    work_dir: &std::path::Path,
+    chains: Vec<Chain>,
+    outcomes: &mut Vec<TargetOutcome>,
+    skipped: &[Skipped],
+) -> Result<(), RunError> {
+    // A backfill skips the versions the lake already has in the window's partitions.
+    let existing = match options.backfill {
+        Some(window) => {
+            let day = |ms: i64| {
+                DateTime::<Utc>::from_timestamp_millis(ms)
+                    .map(|t| t.date_naive())
+                    .unwrap_or_default()
+            };
+            crate::sink::lake::existing_versions(
+                store,
+                work_dir,
+                day(window.since_ms),
+                day(window.until_ms),
+            )
+            .await
+            .map_err(RunError::Encode)?
+        }
+        None => HashSet::new(),
+    };
+    let stamp = RunStamp {
+        run_id: run_id.to_owned(),
+        collected_at_ms: run_start_ms,
+    };
+    let collector = Arc::new(Collector {
+        writer: Mutex::new(Some(FindingsWriter::new(
+            work_dir.to_owned(),
+            stamp,
+            config.flush_bytes,
+            config.target_file_bytes,
+        ))),
+        quarantine: Mutex::new(Vec::new()),
+        encode_error: Mutex::new(None),
+        existing,
+    });
+
+    let progress = progress_bar(chains.len() as u64);
+    let results: Vec<ChainResult> = futures::stream::iter(chains)
+        .map(|chain| {
+            let collector = collector.clone();
+            let progress = progress.clone();
+            async move {
+                let span = info_span!("target", account_id = %chain.account_id, region = %chain.region, source = SOURCE);
+                let result = collect_chain(aws, chain, &collector).instrument(span).await;
+                if let Some(bar) = &progress {
+                    bar.inc(1);
+                }
+                result
+            }
+        })
+        .buffer_unordered(config.concurrency.get())
+        .collect()
+        .await;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    crash_point("after_collect");
+    if let Some(message) = collector
+        .encode_error
+        .lock()
+        .ok()
+        .and_then(|mut e| e.take())
+    {
+        return Err(RunError::Encode(message));
+    }
+
+    let writer = collector.writer.lock().ok().and_then(|mut w| w.take());
+    let encoded = match writer {
+        Some(writer) => writer
+            .finish()
+            .map_err(|e| RunError::Encode(e.to_string()))?,
+        None => Vec::new(),
+    };
+    crash_point("after_encode");
+
+    // The report rows, and the checkpoints of the chains that completed.
+    let mode = config.mode.as_str();
+    let mut journal = Journal {
+        run_id: run_id.to_owned(),
+        kind: "run".into(),
+        ..Journal::default()
+    };
+    let mut totals = Totals {
+        lake: store.uri(""),
+        ..Totals::default()
+    };
+    for result in results {
+        totals.duplicates_skipped += result.duplicates;
+        if result.failure.is_none() && options.backfill.is_none() {
+            let mark = result.chain.mark.advance(
+                result.chain.window.end_ms,
+                config.overlap_secs * 1000,
+                result.new_versions,
+            );
+            let body = serde_json::to_string(&mark).map_err(|e| RunError::Encode(e.to_string()))?;
+            journal.checkpoints.push(Checkpoint {
+                key: state::key(SOURCE, &result.chain.account_id, &result.chain.region),
+                body,
+                expected: result.chain.mark_tag.clone(),
+            });
+        }
+        let accounts: Vec<String> = match &result.chain.members {
+            Some(members) => {
+                let mut list: Vec<String> = members.iter().cloned().collect();
+                list.sort();
+                list
+            }
+            None => vec![result.chain.account_id.clone()],
+        };
+        for account_id in accounts {
+            let counts = result.counts.get(&account_id);
+            outcomes.push(TargetOutcome {
+                account_id,
+                region: result.chain.region.clone(),
+                source: SOURCE,
+                mode,
+                failure: result.failure.clone(),
+                findings_read: counts.map_or(0, |c| c.read),
+                findings_written: counts.map_or(0, |c| c.written),
+                findings_quarantined: counts.map_or(0, |c| c.quarantined),
+                window_start_ms: Some(result.chain.window.start_ms),
+                window_end_ms: Some(result.chain.window.end_ms),
+                started_at_ms: result.started_at_ms,
+                duration_ms: result.duration_ms,
+            });
+        }
+    }
+    outcomes.sort_by(|a, b| (&a.account_id, &a.region).cmp(&(&b.account_id, &b.region)));
+
+    // Stage every file outside the table locations.
+    let staging = journal::staging_prefix(run_id);
+    let run_dt = DateTime::<Utc>::from_timestamp_millis(run_start_ms)
+        .map(|t| t.date_naive())
+        .unwrap_or_default();
+    let mut files: Vec<(std::path::PathBuf, String)> = encoded
+        .iter()
+        .map(|f| (f.path.clone(), format!("findings/dt={}/{}", f.dt, f.name)))
+        .collect();
+    let runs = report::runs_batch(run_id, outcomes).map_err(|e| RunError::Encode(e.to_string()))?;
+    let runs_path = work_dir.join("runs.parquet");
+    pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;
+    files.push((runs_path, format!("runs/dt={run_dt}/{run_id}.parquet")));
+    let quarantined = std::mem::take(
+        &mut *collector
+            .quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    if !quarantined.is_empty() {
+        let lines: String = quarantined
+            .iter()
+            .filter_map(|q| serde_json::to_string(q).ok())
+            .map(|l| l + "\n")
+            .collect();
+        let path = work_dir.join("quarantine.jsonl");
+        std::fs::write(&path, lines).map_err(|e| RunError::Store {
+            key: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let key = format!("_quarantine/findings/dt={run_dt}/{run_id}.jsonl");
+        warn!(count = quarantined.len(), key = %store.uri(&key), "Quarantined malformed findings.");
+        files.push((path, key));
+    }
+    for (i, (path, key)) in files.iter().enumerate() {
+        let staged = format!("{staging}{key}");
+        totals.bytes += store
+            .create_from_file(path, &staged)
+            .await
+            .map_err(put_err)?;
+        totals.files += usize::from(!key.starts_with('_'));
+        journal.copies.push(Copy {
+            from: staged,
+            to: key.clone(),
+        });
+        if i == 0 {
+            crash_point("mid_stage_upload");
+        }
+    }
+    crash_point("after_stage_upload");
+
+    // Still ours? Then commit: from the journal on, the run's output is as good as published.
+    if let Some(lock) = lock {
+        lock.renew(store)
+            .await
+            .map_err(|e| RunError::Locked(e.to_string()))?;
+    }
+    crash_point("before_journal");
+    journal::commit(store, &journal, "")
+        .await
+        .map_err(|e| RunError::Publish(e.to_string()))?;
+
+    if options.compact {
+        let today = Utc::now().date_naive();
+        let merged = crate::compact::compact(
+            store,
+            run_id,
+            work_dir,
+            None,
+            None,
+            config.target_file_bytes,
+            today,
+        )
+        .await
+        .map_err(|e| RunError::Publish(e.to_string()))?;
+        for m in merged {
+            info!(table = %m.table, dt = %m.dt, files_before = m.files_before, files_after = m.files_after, "Compacted.");
+        }
+    }
+    print!(
+        "{}",
+        report::summary(
+            run_id,
+            outcomes,
+            skipped,
+            &totals,
+            started.elapsed().as_secs_f64()
+        )
+    );
+    Ok(())
+}
+
+/// `guardlake compact`: under the run lock, after recovery.
+pub async fn compact(
+    config: ValidatedConfig,
+    options: RunOptions,
+    table: Option<String>,
+    dt: Option<chrono::NaiveDate>,
+) -> Result<Vec<crate::compact::Merged>, RunError> {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let aws = Aws::load(&config, &run_id, options.s3_path_style)
+        .await
+        .map_err(RunError::Discovery)?;
+    let store = Arc::new(open_store(&config, &aws));
+    let lock = lock_and_recover(&store, &run_id, &config).await?;
+    let keep_alive = lock.keep_alive(store.clone());
+    let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));
+    std::fs::create_dir_all(&work_dir).map_err(|e| RunError::Store {
+        key: work_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let result = crate::compact::compact(
+        &store,
+        &run_id,
+        &work_dir,
+        table.as_deref(),
+        dt,
+        config.target_file_bytes,
+        Utc::now().date_naive(),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    keep_alive.abort();
+    let _ = lock.release(&store).await;
+    result.map_err(|e| RunError::Publish(e.to_string()))
 }
 
 /// The chains to run (with their windows) and the targets that already failed while planning.
@@ -231,6 +541,7 @@ async fn plan(
     store: &Store,
     active: &[String],
     run_start_ms: i64,
+    backfill: Option<Backfill>,
 ) -> Result<(Vec<Chain>, Vec<TargetOutcome>), RunError> {
     let mut chains = Vec::new();
     let mut failed = Vec::new();
@@ -284,25 +595,34 @@ async fn plan(
         }
     }
     for (account_id, region, members) in pairs {
-        let mark = state::load(store, SOURCE, &account_id, &region)
+        let loaded = state::load(store, SOURCE, &account_id, &region)
             .await
-            .map_err(|e| RunError::Store {
-                key: e.key,
-                message: e.message,
-            })?;
-        let start_ms = match &mark {
-            Some(mark) => mark.watermark_ms - config.overlap_secs * 1000,
-            None => run_start_ms - config.lookback_secs * 1000,
+            .map_err(store_err)?;
+        let window = match (backfill, &loaded) {
+            (Some(b), _) => Window {
+                start_ms: b.since_ms,
+                end_ms: b.until_ms,
+            },
+            (None, Some((mark, _))) => Window {
+                start_ms: mark.watermark_ms - config.overlap_secs * 1000,
+                end_ms: run_start_ms,
+            },
+            (None, None) => Window {
+                start_ms: run_start_ms - config.lookback_secs * 1000,
+                end_ms: run_start_ms,
+            },
+        };
+        let (mark, mark_tag) = match loaded {
+            Some((mark, tag)) => (mark, Some(tag)),
+            None => (Watermark::default(), None),
         };
         chains.push(Chain {
             account_id,
             region,
             members,
-            window: Window {
-                start_ms,
-                end_ms: run_start_ms,
-            },
-            mark: mark.unwrap_or_default(),
+            window,
+            mark,
+            mark_tag,
         });
     }
     Ok((chains, failed))
@@ -406,7 +726,9 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                 match normalize(&value, finding.raw) {
                     Ok(row) => {
                         let key = (row.id.clone(), row.updated_at_ms);
-                        if published.contains(&key) || !seen.insert(key.clone()) {
+                        let in_lake = !collector.existing.is_empty()
+                            && collector.existing.contains(&(row.account_id.clone(), row.region.clone(), row.id.clone(), row.updated_at_ms));
+                        if in_lake || published.contains(&key) || !seen.insert(key.clone()) {
                             duplicates += 1;
                             continue;
                         }
@@ -428,6 +750,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     }
                 }
             }
+            crash_point("mid_page");
             Ok(())
         })
         .await

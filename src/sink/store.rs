@@ -1,8 +1,11 @@
-//! The lake's object store: a local directory or an S3 bucket and prefix.
+//! The lake's object store: a local directory or an S3 bucket and prefix, with the conditional
+//! operations the publish protocol (`crate::state::publish`) is built on.
 //!
-//! Data files are created, never overwritten: locally through a hidden temporary name and a
-//! hard link (which fails if the name exists), on S3 with `If-None-Match: *` (412 when the key
-//! exists), multipart above a threshold (parts of 5 MiB-5 GiB).
+//! S3 facts: `If-None-Match: *` and `If-Match: <etag>` on PutObject / CompleteMultipartUpload
+//! answer 412 on conflict; multipart parts are 5 MiB–5 GiB. The local store gives the same
+//! guarantees with a hard link (fails if the name exists) and an atomic rename, a compare-and-swap
+//! serialised by an advisory lock, and temporary files kept under `_staging/.tmp/`, outside every
+//! table location.
 
 use std::path::{Path, PathBuf};
 
@@ -10,14 +13,27 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use tokio::io::AsyncReadExt;
 
-/// Uploads above this size use multipart; parts are this size too.
+/// Default multipart threshold and part size: uploads above it use multipart, in parts of it.
+/// S3 parts must be 5 MiB to 5 GiB (all but the last).
 pub const MULTIPART_PART_BYTES: u64 = 16 << 20;
+
+/// Where the local store keeps files while they are written (never inside a table location).
+const LOCAL_TMP: &str = "_staging/.tmp";
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct StoreError {
     pub key: String,
     pub message: String,
+}
+
+/// A conditional write lost: the object existed, or changed since it was read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PutError {
+    #[error("{0} changed or exists (precondition failed)")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn sdk_text<E: std::error::Error>(err: E) -> String {
@@ -31,6 +47,34 @@ fn store_error(key: &str, message: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// True when an S3 error is a failed precondition (412) or a conditional-write conflict (409).
+fn is_precondition_failure<E, R>(
+    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> bool
+where
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    match err {
+        SdkError::ServiceError(service) => {
+            let raw = format!("{:?}", service.raw());
+            raw.contains("StatusCode(412)") || raw.contains("StatusCode(409)")
+        }
+        _ => false,
+    }
+}
+
+/// The version tag of an object: the S3 ETag, or a hash of the local file's bytes.
+pub type Tag = String;
+
+fn content_tag(bytes: &[u8]) -> Tag {
+    // FNV-1a: enough to tell two versions of a small state object apart.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}-{}", bytes.len())
+}
+
 pub enum Store {
     Local {
         root: PathBuf,
@@ -40,6 +84,8 @@ pub enum Store {
         bucket: String,
         prefix: String,
         sse_kms_key_id: Option<String>,
+        /// Multipart threshold and part size in bytes (at least 5 MiB).
+        part_bytes: u64,
     },
 }
 
@@ -59,214 +105,230 @@ impl Store {
         }
     }
 
+    fn local_path(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
+        let path = root.join(key);
+        let dir = path
+            .parent()
+            .ok_or_else(|| store_error(key, "key has no directory"))?;
+        std::fs::create_dir_all(dir).map_err(|e| store_error(key, e))?;
+        Ok(path)
+    }
+
+    /// A fresh temporary path under `_staging/.tmp/` for the local store.
+    fn local_tmp(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
+        let dir = root.join(LOCAL_TMP);
+        std::fs::create_dir_all(&dir).map_err(|e| store_error(key, e))?;
+        Ok(dir.join(format!("{}-{}", std::process::id(), uuid::Uuid::new_v4())))
+    }
+
+    fn put_request(
+        &self,
+        key: &str,
+        body: ByteStream,
+    ) -> Option<aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder> {
+        let Self::S3 {
+            client,
+            bucket,
+            sse_kms_key_id,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut put = client
+            .put_object()
+            .bucket(bucket)
+            .key(self.s3_key(key))
+            .body(body);
+        if let Some(kms) = sse_kms_key_id {
+            put = put
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(kms);
+        }
+        Some(put)
+    }
+
     /// Publishes a local file under `key`; fails if `key` exists. Returns its size in bytes.
-    pub async fn create_from_file(&self, local: &Path, key: &str) -> Result<u64, StoreError> {
+    pub async fn create_from_file(&self, local: &Path, key: &str) -> Result<u64, PutError> {
         let size = tokio::fs::metadata(local)
             .await
             .map_err(|e| store_error(key, e))?
             .len();
         match self {
             Self::Local { root } => {
-                let target = root.join(key);
-                let dir = target
-                    .parent()
-                    .ok_or_else(|| store_error(key, "key has no directory"))?;
-                tokio::fs::create_dir_all(dir)
+                let target = Self::local_path(root, key)?;
+                let temp = Self::local_tmp(root, key)?;
+                tokio::fs::copy(local, &temp)
                     .await
                     .map_err(|e| store_error(key, e))?;
-                let file_name = target
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // A name starting with '.' is invisible to Athena and DuckDB's hive reader.
-                let hidden = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-                tokio::fs::copy(local, &hidden)
-                    .await
-                    .map_err(|e| store_error(key, e))?;
-                let linked = tokio::fs::hard_link(&hidden, &target).await;
-                let _ = tokio::fs::remove_file(&hidden).await;
-                linked.map_err(|e| store_error(key, e))?;
-                Ok(size)
+                let linked = tokio::fs::hard_link(&temp, &target).await;
+                let _ = tokio::fs::remove_file(&temp).await;
+                match linked {
+                    Ok(()) => Ok(size),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(PutError::Conflict(key.to_owned()))
+                    }
+                    Err(e) => Err(store_error(key, e).into()),
+                }
             }
             Self::S3 {
                 client,
                 bucket,
                 sse_kms_key_id,
+                part_bytes,
                 ..
             } => {
-                let s3_key = self.s3_key(key);
-                if size <= MULTIPART_PART_BYTES {
+                if size <= *part_bytes {
                     let body = ByteStream::from_path(local)
                         .await
                         .map_err(|e| store_error(key, e))?;
-                    let mut put = client
-                        .put_object()
-                        .bucket(bucket)
-                        .key(&s3_key)
-                        .body(body)
-                        .if_none_match("*");
-                    if let Some(kms) = sse_kms_key_id {
-                        put = put
-                            .server_side_encryption(ServerSideEncryption::AwsKms)
-                            .ssekms_key_id(kms);
+                    let put = self
+                        .put_request(key, body)
+                        .ok_or_else(|| store_error(key, "not S3"))?;
+                    match put.if_none_match("*").send().await {
+                        Ok(_) => Ok(size),
+                        Err(e) if is_precondition_failure(&e) => {
+                            Err(PutError::Conflict(key.to_owned()))
+                        }
+                        Err(e) => Err(store_error(key, sdk_text(e)).into()),
                     }
-                    put.send().await.map_err(|e| {
-                        store_error(
-                            key,
-                            aws_smithy_types::error::display::DisplayErrorContext(e),
-                        )
-                    })?;
                 } else {
-                    self.multipart(client, bucket, &s3_key, local, sse_kms_key_id.as_deref())
-                        .await
-                        .map_err(|m| store_error(key, m))?;
+                    let s3_key = self.s3_key(key);
+                    multipart(
+                        client,
+                        bucket,
+                        &s3_key,
+                        local,
+                        sse_kms_key_id.as_deref(),
+                        *part_bytes,
+                    )
+                    .await
+                    .map_err(|m| {
+                        if m == "412" {
+                            PutError::Conflict(key.to_owned())
+                        } else {
+                            store_error(key, m).into()
+                        }
+                    })?;
+                    Ok(size)
                 }
-                Ok(size)
             }
         }
     }
 
-    async fn multipart(
-        &self,
-        client: &aws_sdk_s3::Client,
-        bucket: &str,
-        s3_key: &str,
-        local: &Path,
-        kms: Option<&str>,
-    ) -> Result<(), String> {
-        let mut create = client.create_multipart_upload().bucket(bucket).key(s3_key);
-        if let Some(kms) = kms {
-            create = create
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(kms);
-        }
-        let upload = create.send().await.map_err(sdk_text)?;
-        let upload_id = upload
-            .upload_id()
-            .ok_or("CreateMultipartUpload returned no upload id")?
-            .to_owned();
-        let result = async {
-            let mut file = tokio::fs::File::open(local)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut parts = Vec::new();
-            let mut number = 1;
-            loop {
-                let mut buffer = Vec::with_capacity(MULTIPART_PART_BYTES as usize);
-                (&mut file)
-                    .take(MULTIPART_PART_BYTES)
-                    .read_to_end(&mut buffer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if buffer.is_empty() {
-                    break;
-                }
-                let part = client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(s3_key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(buffer))
-                    .send()
-                    .await
-                    .map_err(sdk_text)?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(part.e_tag().map(str::to_owned))
-                        .build(),
-                );
-                number += 1;
-            }
-            client
-                .complete_multipart_upload()
-                .bucket(bucket)
-                .key(s3_key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .if_none_match("*")
-                .send()
-                .await
-                .map_err(sdk_text)?;
-            Ok::<(), String>(())
-        }
-        .await;
-        if result.is_err() {
-            let _ = client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(s3_key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
-        result
-    }
-
-    /// Reads a small object (state); `None` when it does not exist.
+    /// Reads an object; `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_tagged(key).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// Reads an object with its version tag, for a later `put_if`.
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, Tag)>, StoreError> {
         match self {
             Self::Local { root } => match tokio::fs::read(root.join(key)).await {
-                Ok(bytes) => Ok(Some(bytes)),
+                Ok(bytes) => {
+                    let tag = content_tag(&bytes);
+                    Ok(Some((bytes, tag)))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(store_error(key, e)),
             },
-            Self::S3 { client, bucket, .. } => {
-                match client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(self.s3_key(key))
-                    .send()
-                    .await
-                {
-                    Ok(object) => {
-                        let bytes = object
-                            .body
-                            .collect()
-                            .await
-                            .map_err(|e| store_error(key, e))?;
-                        Ok(Some(bytes.into_bytes().to_vec()))
+            Self::S3 { client, bucket, .. } => match client
+                .get_object()
+                .bucket(bucket)
+                .key(self.s3_key(key))
+                .send()
+                .await
+            {
+                Ok(object) => {
+                    let tag = object.e_tag().unwrap_or_default().to_owned();
+                    let bytes = object
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| store_error(key, e))?;
+                    Ok(Some((bytes.into_bytes().to_vec(), tag)))
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+                Err(e) => Err(store_error(key, sdk_text(e))),
+            },
+        }
+    }
+
+    /// Writes an object only if it is still at `expected` (`None`: only if it does not exist).
+    /// S3: `If-Match` / `If-None-Match: *`; local: compare and rename under an advisory lock.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        expected: Option<&Tag>,
+    ) -> Result<Tag, PutError> {
+        match self {
+            Self::Local { root } => {
+                let target = Self::local_path(root, key)?;
+                let guard = LocalLock::acquire(root).map_err(|e| store_error(key, e))?;
+                let current = match std::fs::read(&target) {
+                    Ok(current) => Some(content_tag(&current)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(store_error(key, e).into()),
+                };
+                if current.as_ref() != expected {
+                    return Err(PutError::Conflict(key.to_owned()));
+                }
+                let tag = content_tag(&bytes);
+                write_atomically(root, key, &target, &bytes)?;
+                drop(guard);
+                Ok(tag)
+            }
+            Self::S3 { .. } => {
+                let put = self
+                    .put_request(key, ByteStream::from(bytes))
+                    .ok_or_else(|| store_error(key, "not S3"))?;
+                let put = match expected {
+                    Some(tag) => put.if_match(tag),
+                    None => put.if_none_match("*"),
+                };
+                match put.send().await {
+                    Ok(output) => Ok(output.e_tag().unwrap_or_default().to_owned()),
+                    Err(e) if is_precondition_failure(&e) => {
+                        Err(PutError::Conflict(key.to_owned()))
                     }
-                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-                    Err(e) => Err(store_error(
-                        key,
-                        aws_smithy_types::error::display::DisplayErrorContext(e),
-                    )),
+                    Err(e) => Err(store_error(key, sdk_text(e)).into()),
                 }
             }
         }
     }
 
-    /// Writes a small object (state), replacing it; atomic rename on the local store.
+    /// Writes an object, replacing it (atomic rename on the local store).
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         match self {
             Self::Local { root } => {
-                let target = root.join(key);
-                let dir = target
-                    .parent()
-                    .ok_or_else(|| store_error(key, "key has no directory"))?;
-                tokio::fs::create_dir_all(dir)
+                let target = Self::local_path(root, key)?;
+                write_atomically(root, key, &target, &bytes)
+            }
+            Self::S3 { .. } => {
+                let put = self
+                    .put_request(key, ByteStream::from(bytes))
+                    .ok_or_else(|| store_error(key, "not S3"))?;
+                put.send()
                     .await
-                    .map_err(|e| store_error(key, e))?;
-                let temp = dir.join(format!(
-                    ".{}.tmp-{}",
-                    target
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    std::process::id()
-                ));
-                tokio::fs::write(&temp, bytes)
+                    .map(|_| ())
+                    .map_err(|e| store_error(key, sdk_text(e)))
+            }
+        }
+    }
+
+    /// Copies `from` to `to`, replacing `to`: idempotent, so a roll-forward can repeat it.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Local { root } => {
+                let target = Self::local_path(root, to)?;
+                let temp = Self::local_tmp(root, to)?;
+                tokio::fs::copy(root.join(from), &temp)
                     .await
-                    .map_err(|e| store_error(key, e))?;
+                    .map_err(|e| store_error(from, e))?;
                 tokio::fs::rename(&temp, &target)
                     .await
-                    .map_err(|e| store_error(key, e))
+                    .map_err(|e| store_error(to, e))
             }
             Self::S3 {
                 client,
@@ -274,25 +336,249 @@ impl Store {
                 sse_kms_key_id,
                 ..
             } => {
-                let mut put = client
-                    .put_object()
+                let source = format!("{bucket}/{}", self.s3_key(from));
+                let mut copy = client
+                    .copy_object()
                     .bucket(bucket)
-                    .key(self.s3_key(key))
-                    .body(ByteStream::from(bytes));
+                    .key(self.s3_key(to))
+                    .copy_source(source);
                 if let Some(kms) = sse_kms_key_id {
-                    put = put
+                    copy = copy
                         .server_side_encryption(ServerSideEncryption::AwsKms)
                         .ssekms_key_id(kms);
                 }
-                put.send().await.map(|_| ()).map_err(|e| {
-                    store_error(
-                        key,
-                        aws_smithy_types::error::display::DisplayErrorContext(e),
-                    )
-                })
+                copy.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| store_error(to, sdk_text(e)))
             }
         }
     }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Local { root } => match tokio::fs::remove_file(root.join(key)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(store_error(key, e)),
+            },
+            Self::S3 { client, bucket, .. } => client
+                .delete_object()
+                .bucket(bucket)
+                .key(self.s3_key(key))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| store_error(key, sdk_text(e))),
+        }
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Local { root } => Ok(root.join(key).is_file()),
+            Self::S3 { client, bucket, .. } => match client
+                .head_object()
+                .bucket(bucket)
+                .key(self.s3_key(key))
+                .send()
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+                Err(e) => Err(store_error(key, sdk_text(e))),
+            },
+        }
+    }
+
+    /// Every key under `prefix` (a folder path ending in '/'), with its size in bytes, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut keys = Vec::new();
+        match self {
+            Self::Local { root } => {
+                let mut stack = vec![root.join(prefix)];
+                while let Some(dir) = stack.pop() {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(store_error(prefix, e)),
+                    };
+                    for entry in entries {
+                        let entry = entry.map_err(|e| store_error(prefix, e))?;
+                        let path = entry.path();
+                        let meta = entry.metadata().map_err(|e| store_error(prefix, e))?;
+                        if meta.is_dir() {
+                            stack.push(path);
+                        } else if let Ok(relative) = path.strip_prefix(root) {
+                            keys.push((relative.to_string_lossy().replace('\\', "/"), meta.len()));
+                        }
+                    }
+                }
+            }
+            Self::S3 { client, bucket, .. } => {
+                let full = self.s3_key(prefix);
+                let strip = full.len() - prefix.len();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&full)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages
+                    .try_next()
+                    .await
+                    .map_err(|e| store_error(prefix, sdk_text(e)))?
+                {
+                    for object in page.contents() {
+                        if let Some(key) = object.key() {
+                            keys.push((
+                                key[strip..].to_owned(),
+                                object.size().unwrap_or(0).max(0) as u64,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Downloads an object to a local file.
+    pub async fn download(&self, key: &str, local: &Path) -> Result<(), StoreError> {
+        match self {
+            Self::Local { root } => tokio::fs::copy(root.join(key), local)
+                .await
+                .map(|_| ())
+                .map_err(|e| store_error(key, e)),
+            Self::S3 { .. } => {
+                let bytes = self
+                    .get(key)
+                    .await?
+                    .ok_or_else(|| store_error(key, "no such object"))?;
+                tokio::fs::write(local, bytes)
+                    .await
+                    .map_err(|e| store_error(key, e))
+            }
+        }
+    }
+}
+
+fn write_atomically(root: &Path, key: &str, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let temp = Store::local_tmp(root, key)?;
+    std::fs::write(&temp, bytes).map_err(|e| store_error(key, e))?;
+    std::fs::rename(&temp, target).map_err(|e| store_error(key, e))
+}
+
+/// An advisory lock (flock) on `<root>/_state/.cas.lock`, held while a local compare-and-swap
+/// runs; the kernel releases it if the process dies.
+struct LocalLock(std::fs::File);
+
+impl LocalLock {
+    fn acquire(root: &Path) -> std::io::Result<Self> {
+        let dir = root.join("_state");
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".cas.lock"))?;
+        file.lock()?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for LocalLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+async fn multipart(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    s3_key: &str,
+    local: &Path,
+    kms: Option<&str>,
+    part_bytes: u64,
+) -> Result<(), String> {
+    let mut create = client.create_multipart_upload().bucket(bucket).key(s3_key);
+    if let Some(kms) = kms {
+        create = create
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(kms);
+    }
+    let upload = create.send().await.map_err(sdk_text)?;
+    let upload_id = upload
+        .upload_id()
+        .ok_or("CreateMultipartUpload returned no upload id")?
+        .to_owned();
+    let result = async {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut parts = Vec::new();
+        let mut number = 1;
+        loop {
+            let mut buffer = Vec::with_capacity(part_bytes as usize);
+            (&mut file)
+                .take(part_bytes)
+                .read_to_end(&mut buffer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if buffer.is_empty() {
+                break;
+            }
+            let part = client
+                .upload_part()
+                .bucket(bucket)
+                .key(s3_key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(ByteStream::from(buffer))
+                .send()
+                .await
+                .map_err(sdk_text)?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .build(),
+            );
+            crate::state::crash_point("mid_multipart");
+            number += 1;
+        }
+        let completed = client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(s3_key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .if_none_match("*")
+            .send()
+            .await;
+        match completed {
+            Ok(_) => Ok(()),
+            Err(e) if is_precondition_failure(&e) => Err("412".to_owned()),
+            Err(e) => Err(sdk_text(e)),
+        }
+    }
+    .await;
+    if result.is_err() {
+        let _ = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(s3_key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    result
 }
 
 #[cfg(test)]
@@ -314,20 +600,60 @@ mod tests {
                 .unwrap(),
             5
         );
-        assert!(store
-            .create_from_file(&source, "t/dt=2026-01-01/a.parquet")
-            .await
-            .is_err());
+        assert!(matches!(
+            store
+                .create_from_file(&source, "t/dt=2026-01-01/a.parquet")
+                .await,
+            Err(PutError::Conflict(_))
+        ));
         let names: Vec<String> = std::fs::read_dir(root.path().join("t/dt=2026-01-01"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["a.parquet".to_owned()]);
+        assert_eq!(
+            std::fs::read_dir(root.path().join(LOCAL_TMP))
+                .unwrap()
+                .count(),
+            0
+        );
         store.put("_state/x.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(
             store.get("_state/x.json").await.unwrap(),
             Some(b"{}".to_vec())
         );
         assert_eq!(store.get("_state/none.json").await.unwrap(), None);
+        assert_eq!(
+            store.list("t/").await.unwrap(),
+            vec![("t/dt=2026-01-01/a.parquet".to_owned(), 5)]
+        );
+    }
+
+    #[tokio::test]
+    async fn local_compare_and_swap() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: root.path().to_owned(),
+        };
+        let first = store
+            .put_if("_state/lock.json", b"a".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.put_if("_state/lock.json", b"b".to_vec(), None).await,
+            Err(PutError::Conflict(_))
+        ));
+        let second = store
+            .put_if("_state/lock.json", b"b".to_vec(), Some(&first))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .put_if("_state/lock.json", b"c".to_vec(), Some(&first))
+                .await,
+            Err(PutError::Conflict(_))
+        ));
+        let (bytes, tag) = store.get_tagged("_state/lock.json").await.unwrap().unwrap();
+        assert_eq!((bytes, tag), (b"b".to_vec(), second));
     }
 }

@@ -212,3 +212,31 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert f"skip {org.suspended}: account state is SUSPENDED" in done.stdout
     assert f"fail {org.denied} *" in done.stdout or org.denied in done.stdout
     assert not (tmp_path / "lake").exists()
+
+
+def test_s3_output_publishes_the_same_lake_and_keeps_state_in_s3(tmp_path):
+    from conftest import client
+
+    [account] = create_org(["s3lake"])
+    base = datetime.now(timezone.utc) - timedelta(days=1)
+    seed_findings(account, "eu-west-1", findings_for(account, "eu-west-1", 30, base))
+    s3 = client("s3")
+    s3.create_bucket(Bucket="security-lake")
+    args = ("run", "--output", "s3://security-lake/guardlake", "--regions", "eu-west-1", "--accounts", account)
+    guardlake(*args)
+    guardlake(*args)
+
+    def download() -> Path:
+        lake = tmp_path / "from-s3"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="security-lake", Prefix="guardlake/"):
+            for obj in page.get("Contents", []):
+                target = lake / obj["Key"].removeprefix("guardlake/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file("security-lake", obj["Key"], str(target))
+        return lake
+
+    lake = download()
+    assert (lake / "_state" / "guardduty" / account / "eu-west-1.json").exists()
+    assert not [p for p in lake.rglob("*") if p.name.startswith(".")], "no temporary objects"
+    assert query(lake, "findings", "select count(*), count(distinct id) from findings") == [(30, 30)]
+    assert query(lake, "runs", "select count(*), sum(findings_written) from runs") == [(2, 30)]

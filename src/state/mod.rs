@@ -1,14 +1,40 @@
-//! Incremental state: a watermark per (source, account, region) under `<output>/_state/`.
+//! State beside the lake, under `<output>/_state/` (invisible to Athena: leading `_`):
+//! checkpoints (a watermark per source, account and region), the run lock ([`lock`]) and the
+//! publish journal ([`journal`]) that make a run exactly-once even when it is killed.
 //!
 //! A run pulls `[watermark - overlap, run start)`; the versions already published inside the
-//! overlap are remembered here, so they are skipped instead of written twice. Everything about
-//! state lives in this module, so the exactly-once work can harden it in one place.
+//! overlap are remembered in the checkpoint, so they are skipped instead of written twice.
+//! Checkpoints advance only through a committed journal, after the data they cover.
+
+pub mod journal;
+pub mod lock;
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::store::{Store, StoreError};
+use crate::sink::store::{Store, StoreError, Tag};
+
+static CRASH_AT: OnceLock<String> = OnceLock::new();
+
+/// Test-only: names the point at which the process kills itself with SIGKILL (see
+/// `GUARDLAKE_CRASH_AT` in the README). Set once, by `main`.
+pub fn set_crash_point(name: String) {
+    let _ = CRASH_AT.set(name);
+}
+
+/// Kills the process with SIGKILL when `name` is the configured crash point: a crash test
+/// hook that costs one comparison when unset.
+pub fn crash_point(name: &str) {
+    if CRASH_AT.get().is_some_and(|at| at == name) {
+        eprintln!("GUARDLAKE_CRASH_AT={name}: killing the process");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
 
 /// What a target's last successful run published.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,36 +83,23 @@ pub fn key(source: &str, account_id: &str, region: &str) -> String {
     format!("_state/{source}/{account_id}/{region}.json")
 }
 
+/// A target's checkpoint and its version tag (for the conditional write that advances it).
 pub async fn load(
     store: &Store,
     source: &str,
     account_id: &str,
     region: &str,
-) -> Result<Option<Watermark>, StoreError> {
+) -> Result<Option<(Watermark, Tag)>, StoreError> {
     let key = key(source, account_id, region);
-    match store.get(&key).await? {
+    match store.get_tagged(&key).await? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Some((bytes, tag)) => serde_json::from_slice(&bytes)
+            .map(|mark| Some((mark, tag)))
             .map_err(|e| StoreError {
                 key,
-                message: format!("state is not valid JSON: {e}"),
+                message: format!("checkpoint is not valid JSON: {e}"),
             }),
     }
-}
-
-pub async fn save(
-    store: &Store,
-    source: &str,
-    account_id: &str,
-    region: &str,
-    mark: &Watermark,
-) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(mark).map_err(|e| StoreError {
-        key: key(source, account_id, region),
-        message: e.to_string(),
-    })?;
-    store.put(&key(source, account_id, region), bytes).await
 }
 
 #[cfg(test)]

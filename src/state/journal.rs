@@ -1,0 +1,310 @@
+//! Staged publish with a journal: how a run (or a compaction) makes its files and checkpoints
+//! visible all together or not at all, even when killed at any point.
+//!
+//! 1. Data files are written under `_staging/<run_id>/`, outside every table location.
+//! 2. The journal `_state/journals/<run_id>.json` (copies, deletes, checkpoints) is created with
+//!    `If-None-Match: *`: from here on the run is committed.
+//! 3. Each staged file is copied to its deterministic final key (idempotent), replaced files
+//!    are deleted, checkpoints are advanced (`If-Match` on the tag read when planning; a
+//!    checkpoint that already holds the new body counts as done).
+//! 4. The journal is deleted, then the staging prefix.
+//!
+//! On start, the lock holder rolls every journal forward (steps 3-4) and removes staging
+//! prefixes that have no journal (runs that died before committing: their data was never
+//! visible and their checkpoints never moved, so the next pull reads it again).
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::crash_point;
+use crate::sink::store::{PutError, Store, StoreError, Tag};
+
+pub const JOURNALS: &str = "_state/journals/";
+pub const STAGING: &str = "_staging/";
+
+/// Staging prefix of a run.
+pub fn staging_prefix(run_id: &str) -> String {
+    format!("{STAGING}{run_id}/")
+}
+
+/// A staged file and where it becomes visible.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Copy {
+    pub from: String,
+    pub to: String,
+}
+
+/// A checkpoint to advance: its new body, and the tag it had when the run read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub key: String,
+    pub body: String,
+    pub expected: Option<Tag>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    pub run_id: String,
+    /// What wrote it: `run` or `compact`.
+    pub kind: String,
+    pub copies: Vec<Copy>,
+    /// Keys removed once the copies are in place (compaction replaces small files).
+    pub deletes: Vec<String>,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "checkpoint {0} was changed by someone else since this run read it; refusing to overwrite"
+    )]
+    CheckpointConflict(String),
+    #[error("journal {0} already exists")]
+    JournalExists(String),
+    #[error(
+        "journal of run {run_id} names staged file {key} that is gone and was never published"
+    )]
+    MissingStaged { run_id: String, key: String },
+}
+
+impl Journal {
+    pub fn key(&self) -> String {
+        format!("{JOURNALS}{}.json", self.run_id)
+    }
+}
+
+/// Commits and applies a journal (steps 2-4). `phase` prefixes the crash points (`""` or `compact_`).
+pub async fn commit(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
+    let body = serde_json::to_vec(journal).map_err(|e| StoreError {
+        key: journal.key(),
+        message: e.to_string(),
+    })?;
+    match store.put_if(&journal.key(), body, None).await {
+        Ok(_) => {}
+        Err(PutError::Conflict(key)) => return Err(PublishError::JournalExists(key)),
+        Err(PutError::Store(e)) => return Err(e.into()),
+    }
+    crash_point(&format!("{phase}after_journal"));
+    apply(store, journal, phase).await
+}
+
+/// Steps 3-4: copies, deletes, checkpoints, then the journal and the staging prefix go.
+/// Every step is idempotent, so a roll-forward may repeat what a killed run already did.
+pub async fn apply(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
+    for (i, copy) in journal.copies.iter().enumerate() {
+        if !store.exists(&copy.from).await? {
+            // Copied before a crash that came after the staging clean-up began? Then it is final.
+            if store.exists(&copy.to).await? {
+                continue;
+            }
+            return Err(PublishError::MissingStaged {
+                run_id: journal.run_id.clone(),
+                key: copy.from.clone(),
+            });
+        }
+        store.copy(&copy.from, &copy.to).await?;
+        if i == 0 {
+            crash_point(&format!("{phase}mid_copy"));
+        }
+    }
+    crash_point(&format!("{phase}after_copy"));
+    for (i, key) in journal.deletes.iter().enumerate() {
+        store.delete(key).await?;
+        if i == 0 {
+            crash_point(&format!("{phase}mid_delete"));
+        }
+    }
+    crash_point(&format!("{phase}before_checkpoint"));
+    for (i, checkpoint) in journal.checkpoints.iter().enumerate() {
+        match store
+            .put_if(
+                &checkpoint.key,
+                checkpoint.body.clone().into_bytes(),
+                checkpoint.expected.as_ref(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(PutError::Conflict(key)) => {
+                // Already advanced by an earlier attempt of this same journal?
+                let current = store.get(&checkpoint.key).await?;
+                if current.as_deref() != Some(checkpoint.body.as_bytes()) {
+                    return Err(PublishError::CheckpointConflict(key));
+                }
+            }
+            Err(PutError::Store(e)) => return Err(e.into()),
+        }
+        if i == 0 {
+            crash_point(&format!("{phase}mid_checkpoint"));
+        }
+    }
+    crash_point(&format!("{phase}after_checkpoint"));
+    store.delete(&journal.key()).await?;
+    crash_point(&format!("{phase}after_journal_delete"));
+    remove_prefix(store, &staging_prefix(&journal.run_id), phase).await?;
+    crash_point(&format!("{phase}after_staging_cleanup"));
+    Ok(())
+}
+
+async fn remove_prefix(store: &Store, prefix: &str, phase: &str) -> Result<(), StoreError> {
+    for (i, (key, _)) in store.list(prefix).await?.into_iter().enumerate() {
+        store.delete(&key).await?;
+        if i == 0 {
+            crash_point(&format!("{phase}mid_staging_cleanup"));
+        }
+    }
+    Ok(())
+}
+
+/// What recovery did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Recovery {
+    pub rolled_forward: usize,
+    pub discarded_runs: usize,
+}
+
+/// Rolls forward every committed journal and discards staging without one. Run it holding the
+/// run lock, before new work.
+pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
+    let mut recovery = Recovery::default();
+    for (key, _) in store.list(JOURNALS).await? {
+        let Some(bytes) = store.get(&key).await? else {
+            continue;
+        };
+        let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| StoreError {
+            key: key.clone(),
+            message: format!("journal is not valid JSON: {e}"),
+        })?;
+        info!(run_id = %journal.run_id, kind = %journal.kind, files = journal.copies.len(), "Rolling forward a committed journal left by an interrupted run.");
+        apply(store, &journal, "recovery_").await?;
+        recovery.rolled_forward += 1;
+    }
+    let mut orphans = std::collections::BTreeSet::new();
+    for (key, _) in store.list(STAGING).await? {
+        if let Some(run) = key
+            .strip_prefix(STAGING)
+            .and_then(|rest| rest.split('/').next())
+        {
+            orphans.insert(run.to_owned());
+        }
+    }
+    for run in orphans {
+        // `.tmp` holds local temporary files of writers that died; no journal names them.
+        warn!(run_id = %run, "Discarding staged files of a run that died before committing.");
+        remove_prefix(store, &format!("{STAGING}{run}/"), "recovery_").await?;
+        if run != ".tmp" {
+            recovery.discarded_runs += 1;
+        }
+    }
+    Ok(recovery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_publishes_and_recovery_finishes_or_discards() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: root.path().to_owned(),
+        };
+        store
+            .put(
+                "_staging/r1/findings/dt=2026-11-01/r1-0001.parquet",
+                b"data".to_vec(),
+            )
+            .await
+            .unwrap();
+        let journal = Journal {
+            run_id: "r1".into(),
+            kind: "run".into(),
+            copies: vec![Copy {
+                from: "_staging/r1/findings/dt=2026-11-01/r1-0001.parquet".into(),
+                to: "findings/dt=2026-11-01/r1-0001.parquet".into(),
+            }],
+            deletes: vec![],
+            checkpoints: vec![Checkpoint {
+                key: "_state/guardduty/1/r.json".into(),
+                body: "{}".into(),
+                expected: None,
+            }],
+        };
+        // A journal committed by a run that died right after: recovery rolls it forward.
+        store
+            .put_if(&journal.key(), serde_json::to_vec(&journal).unwrap(), None)
+            .await
+            .unwrap();
+        store
+            .put(
+                "_staging/r2/findings/dt=2026-11-01/r2-0001.parquet",
+                b"uncommitted".to_vec(),
+            )
+            .await
+            .unwrap();
+        let recovery = recover(&store).await.unwrap();
+        assert_eq!(
+            recovery,
+            Recovery {
+                rolled_forward: 1,
+                discarded_runs: 1
+            }
+        );
+        assert_eq!(
+            store
+                .get("findings/dt=2026-11-01/r1-0001.parquet")
+                .await
+                .unwrap(),
+            Some(b"data".to_vec())
+        );
+        assert_eq!(
+            store.get("_state/guardduty/1/r.json").await.unwrap(),
+            Some(b"{}".to_vec())
+        );
+        assert!(store.list(STAGING).await.unwrap().is_empty());
+        assert!(store.list(JOURNALS).await.unwrap().is_empty());
+        // Applying the same journal again changes nothing and fails nothing.
+        store
+            .put(
+                "_staging/r1/findings/dt=2026-11-01/r1-0001.parquet",
+                b"data".to_vec(),
+            )
+            .await
+            .unwrap();
+        apply(&store, &journal, "").await.unwrap();
+        assert_eq!(store.list("findings/").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_changed_by_someone_else_is_not_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: root.path().to_owned(),
+        };
+        let tag = store
+            .put_if("_state/guardduty/1/r.json", b"old".to_vec(), None)
+            .await
+            .unwrap();
+        store
+            .put("_state/guardduty/1/r.json", b"theirs".to_vec())
+            .await
+            .unwrap();
+        let journal = Journal {
+            run_id: "r3".into(),
+            kind: "run".into(),
+            checkpoints: vec![Checkpoint {
+                key: "_state/guardduty/1/r.json".into(),
+                body: "mine".into(),
+                expected: Some(tag),
+            }],
+            ..Journal::default()
+        };
+        assert!(matches!(
+            commit(&store, &journal, "").await,
+            Err(PublishError::CheckpointConflict(_))
+        ));
+    }
+}
