@@ -140,6 +140,18 @@ fn open_store(config: &ValidatedConfig, aws: &Aws) -> Store {
     }
 }
 
+/// What every stage of one run shares.
+struct RunContext<'a> {
+    config: &'a ValidatedConfig,
+    options: &'a RunOptions,
+    aws: &'a Aws,
+    store: &'a Arc<Store>,
+    lock: Option<&'a RunLock>,
+    run_id: &'a str,
+    run_start_ms: i64,
+    started: Instant,
+}
+
 /// Takes the run lock and finishes whatever an interrupted run committed.
 async fn lock_and_recover(
     store: &Arc<Store>,
@@ -179,7 +191,8 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
         // A dry run only reads: no lock, no recovery.
         let lock = if config.dry_run { None } else { Some(lock_and_recover(&store, &run_id, &config).await?) };
         let keep_alive = lock.as_ref().map(|l| l.keep_alive(store.clone()));
-        let result = run_locked(&config, &options, &aws, &store, lock.as_deref(), &run_id, run_start_ms, started).await;
+        let ctx = RunContext { config: &config, options: &options, aws: &aws, store: &store, lock: lock.as_deref(), run_id: &run_id, run_start_ms, started };
+        let result = run_locked(&ctx).await;
         if let Some(handle) = keep_alive {
             handle.abort();
         }
@@ -195,17 +208,16 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_locked(
-    config: &ValidatedConfig,
-    options: &RunOptions,
-    aws: &Aws,
-    store: &Arc<Store>,
-    lock: Option<&RunLock>,
-    run_id: &str,
-    run_start_ms: i64,
-    started: Instant,
-) -> Result<RunResult, RunError> {
+async fn run_locked(ctx: &RunContext<'_>) -> Result<RunResult, RunError> {
+    let RunContext {
+        config,
+        options,
+        aws,
+        store,
+        run_id,
+        run_start_ms,
+        ..
+    } = *ctx;
     let accounts = discover::accounts(aws, config)
         .await
         .map_err(RunError::Discovery)?;
@@ -241,21 +253,8 @@ async fn run_locked(
         key: work_dir.display().to_string(),
         message: e.to_string(),
     })?;
-    let result = collect_and_publish(
-        config,
-        options,
-        aws,
-        store,
-        lock,
-        run_id,
-        run_start_ms,
-        started,
-        &work_dir,
-        chains,
-        &mut outcomes,
-        &accounts.skipped,
-    )
-    .await;
+    let result =
+        collect_and_publish(ctx, &work_dir, chains, &mut outcomes, &accounts.skipped).await;
     let _ = std::fs::remove_dir_all(&work_dir);
     result?;
     Ok(RunResult {
@@ -264,21 +263,23 @@ async fn run_locked(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn collect_and_publish(
-    config: &ValidatedConfig,
-    options: &RunOptions,
-    aws: &Aws,
-    store: &Arc<Store>,
-    lock: Option<&RunLock>,
-    run_id: &str,
-    run_start_ms: i64,
-    started: Instant,
+    ctx: &RunContext<'_>,
     work_dir: &std::path::Path,
     chains: Vec<Chain>,
     outcomes: &mut Vec<TargetOutcome>,
     skipped: &[Skipped],
 ) -> Result<(), RunError> {
+    let RunContext {
+        config,
+        options,
+        aws,
+        store,
+        lock,
+        run_id,
+        run_start_ms,
+        started,
+    } = *ctx;
     // A backfill skips the versions the lake already has in the window's partitions.
     let existing = match options.backfill {
         Some(window) => {

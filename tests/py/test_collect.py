@@ -240,3 +240,46 @@ def test_s3_output_publishes_the_same_lake_and_keeps_state_in_s3(tmp_path):
     assert not [p for p in lake.rglob("*") if p.name.startswith(".")], "no temporary objects"
     assert query(lake, "findings", "select count(*), count(distinct id) from findings") == [(30, 30)]
     assert query(lake, "runs", "select count(*), sum(findings_written) from runs") == [(2, 30)]
+
+
+def test_ou_filters_follow_nested_ous(tmp_path):
+    from conftest import client
+
+    org = client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    root = org.list_roots()["Roots"][0]["Id"]
+    prod = org.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]
+    prod_eu = org.create_organizational_unit(ParentId=prod, Name="prod-eu")["OrganizationalUnit"]["Id"]
+    sandbox = org.create_organizational_unit(ParentId=prod, Name="sandbox")["OrganizationalUnit"]["Id"]
+    placed = {}
+    for name, parent in (("direct", prod), ("nested", prod_eu), ("sandboxed", sandbox), ("outside", root)):
+        account = org.create_account(AccountName=name, Email=f"{name}@example.com")["CreateAccountStatus"]["AccountId"]
+        if parent != root:
+            org.move_account(AccountId=account, SourceParentId=root, DestinationParentId=parent)
+        placed[name] = account
+    done = guardlake("run", "--output", str(tmp_path / "lake"), "--regions", "us-east-1", "--include-ous", prod,
+                     "--exclude-ous", sandbox, "--dry-run")  # fmt: skip
+    planned = {line.split()[0] for line in done.stdout.splitlines()[1:] if line.startswith("  ") and not line.startswith("  skip")}
+    assert planned == {placed["direct"], placed["nested"]}
+    assert f"skip {placed['sandboxed']}: under exclude_ous" in done.stdout
+    assert f"skip {placed['outside']}: not under include_ous" in done.stdout
+
+
+def test_throttled_target_is_classified_and_the_others_complete(tmp_path):
+    [quiet, loud] = create_org(["quiet", "loud"])
+    base = datetime.now(timezone.utc) - timedelta(hours=5)
+    for account in (quiet, loud):
+        seed_findings(account, "us-east-1", findings_for(account, "us-east-1", 5, base))
+    from conftest import control
+
+    control("POST", "/moto-api/ext/faults", {"operation": "ListFindings", "account_id": loud, "error": "ThrottlingException"})
+    lake = tmp_path / "lake"
+    done = guardlake("run", "--output", str(lake), "--regions", "us-east-1", "--accounts", f"{quiet},{loud}", "--max-attempts", "2")
+    control("DELETE", "/moto-api/ext/faults")
+    assert done.returncode == 3
+    runs = dict(query(lake, "runs", "select account_id, status from runs"))
+    assert runs == {quiet: "ok", loud: "throttled"}
+    assert query(lake, "findings", "select distinct account_id from findings") == [(quiet,)]
+    stats = control("GET", "/moto-api/ext/stats")
+    attempts = sum(r["count"] for r in stats["requests"] if r["operation"] == "ListFindings" and r["account_id"] == loud)
+    assert attempts == 2, "the SDK retried up to --max-attempts"
