@@ -14,7 +14,7 @@ CARGO ?= cargo
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench clean
+.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ demo: venv ## The job end to end on the local backend, into ./lake, then an SQL 
 	@set -o pipefail; status=0; \
 	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) tests/demo/run.sh || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
+
+schemas: venv ## Regenerate schemas/guardduty/finding.schema.json and schemas/README.md from the service model
+	$(PY) tests/schemas/generate_finding_schema.py
 
 bench: ## Normalize + encode throughput and peak RSS on 120k findings, written to bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt

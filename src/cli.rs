@@ -27,6 +27,25 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Merge the small files of closed partitions into files near --target-file-bytes.
     Compact(Box<CompactArgs>),
+    /// Print the lake's tables as Athena DDL, Markdown column docs, or JSON Schema.
+    Schema(SchemaArgs),
+}
+
+/// Flags of `guardlake schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Only this table (findings, runs, schema_drift) [default: every table].
+    #[arg(long)]
+    pub table: Option<String>,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "ddl")]
+    pub format: crate::normalize::schema::Format,
+    /// The lake root the DDL's LOCATION points at.
+    #[arg(long, default_value = "s3://LAKE_BUCKET/guardlake", value_name = "URI")]
+    pub location: String,
+    /// The Glue database the DDL creates tables in.
+    #[arg(long, default_value = "guardlake")]
+    pub database: String,
 }
 
 /// How guardlake reaches S3 (shared by every command).

@@ -51,6 +51,34 @@ fn exit_for(err: &RunError) -> i32 {
     }
 }
 
+fn print_schema(args: &guardlake::cli::SchemaArgs) -> i32 {
+    use guardlake::normalize::schema::{tables, Format};
+    let selected: Vec<_> = tables()
+        .into_iter()
+        .filter(|t| args.table.as_deref().is_none_or(|name| name == t.table))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<&str> = tables().iter().map(|t| t.table.as_str()).collect();
+        eprintln!(
+            "error: invalid `--table`: {:?} is not a table; use one of {}",
+            args.table.as_deref().unwrap_or_default(),
+            names.join(", ")
+        );
+        return exit_code::CONFIG;
+    }
+    for table in selected {
+        match args.format {
+            Format::Ddl => println!("{}", table.ddl(&args.database, &args.location)),
+            Format::Markdown => println!("{}", table.markdown()),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&table.json_schema()).unwrap_or_default()
+            ),
+        }
+    }
+    exit_code::OK
+}
+
 fn main() {
     let cli = Cli::parse();
     init_logs();
@@ -65,6 +93,7 @@ fn main() {
             std::process::exit(exit_code::FAILED);
         });
     let code = match cli.command {
+        Command::Schema(args) => print_schema(&args),
         Command::Run(args) => {
             let config = load_config(args.config.as_deref(), args.as_config());
             let backfill = match (args.since, args.until) {

@@ -10,6 +10,7 @@ use arrow_schema::ArrowError;
 
 use crate::discover::Skipped;
 use crate::error::{TargetFailure, TargetStatus};
+use crate::normalize::drift::{DriftEntry, DriftKey};
 use crate::normalize::schema;
 
 /// How one target went.
@@ -82,6 +83,55 @@ pub fn runs_batch(run_id: &str, outcomes: &[TargetOutcome]) -> Result<RecordBatc
     RecordBatch::try_new(schema, columns)
 }
 
+/// Builds the `schema_drift` RecordBatch from the drift entries first seen in this run.
+pub fn drift_batch(
+    run_id: &str,
+    entries: &[(&DriftKey, &DriftEntry)],
+) -> Result<RecordBatch, ArrowError> {
+    let schema = schema::schema_drift().arrow_schema();
+    let strings = |f: &dyn Fn(&DriftKey, &DriftEntry) -> String| -> ArrayRef {
+        Arc::new(
+            entries
+                .iter()
+                .map(|(k, e)| Some(f(k, e)))
+                .collect::<arrow_array::StringArray>(),
+        )
+    };
+    let mut columns = Vec::new();
+    for field in schema.fields() {
+        columns.push(match field.name().as_str() {
+            "run_id" => strings(&|_, _| run_id.to_owned()),
+            "account_id" => strings(&|_, e| e.account_id.clone()),
+            "region" => strings(&|_, e| e.region.clone()),
+            "finding_type" => strings(&|k, _| k.0.clone()),
+            "path" => strings(&|k, _| k.1.clone()),
+            "kind" => strings(&|k, _| k.2.as_str().to_owned()),
+            "example" => strings(&|_, e| e.example.clone()),
+            "first_seen" => Arc::new(
+                arrow_array::TimestampMillisecondArray::from(
+                    entries
+                        .iter()
+                        .map(|(_, e)| e.first_seen_ms)
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            "count" => Arc::new(arrow_array::Int64Array::from(
+                entries
+                    .iter()
+                    .map(|(_, e)| e.count as i64)
+                    .collect::<Vec<_>>(),
+            )),
+            other => {
+                return Err(ArrowError::SchemaError(format!(
+                    "schemas/schema_drift.json has column {other} that the report does not fill"
+                )))
+            }
+        });
+    }
+    RecordBatch::try_new(schema, columns)
+}
+
 /// Totals of a run, for the summary and the exit code.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -89,6 +139,9 @@ pub struct Totals {
     pub bytes: u64,
     pub duplicates_skipped: u64,
     pub lake: String,
+    /// New (finding type, path, kind) drift entries, and the finding types they touch.
+    pub drift_new: usize,
+    pub drift_types: usize,
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -139,6 +192,9 @@ pub fn summary(
         "  findings: {read} read, {written} new versions written, {} already published, {quarantined} quarantined",
         totals.duplicates_skipped
     );
+    if totals.drift_new > 0 {
+        let _ = writeln!(out, "  schema drift: {} new path/kind pair(s) in {} finding type(s); see the schema_drift table", totals.drift_new, totals.drift_types);
+    }
     let _ = writeln!(
         out,
         "  files:    {} ({}) in {}",

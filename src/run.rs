@@ -1,6 +1,6 @@
 //! `guardlake run`: discover → targets → collect (bounded concurrency) → publish → state → report.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use crate::aws::Aws;
 use crate::config::{Mode, Output, ValidatedConfig};
 use crate::discover::{self, Skipped};
 use crate::error::{RunError, TargetFailure, TargetStatus};
+use crate::normalize::drift::DriftLog;
 use crate::normalize::guardduty::{normalize, RunStamp};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::sink::parquet::{self as pq, FindingsWriter};
@@ -23,6 +24,8 @@ use crate::state::lock::{LockError, RunLock};
 use crate::state::{self, crash_point, Watermark};
 
 const SOURCE: &str = "guardduty";
+/// The (finding type, path, kind) drift entries already reported, so each is reported once.
+const DRIFT_STATE: &str = "_state/schema_drift.json";
 
 /// What a run ended with; `main` turns it into an exit code.
 #[derive(Debug)]
@@ -84,6 +87,7 @@ struct Collector {
     encode_error: Mutex<Option<String>>,
     /// Versions the lake already has (backfills): (account_id, region, id, updated_at ms).
     existing: HashSet<(String, String, String, i64)>,
+    drift: Mutex<DriftLog>,
 }
 
 pub fn now_ms() -> i64 {
@@ -313,6 +317,7 @@ async fn collect_and_publish(
         quarantine: Mutex::new(Vec::new()),
         encode_error: Mutex::new(None),
         existing,
+        drift: Mutex::new(DriftLog::default()),
     });
 
     let progress = progress_bar(chains.len() as u64);
@@ -441,6 +446,47 @@ async fn collect_and_publish(
         let key = format!("_quarantine/findings/dt={run_dt}/{run_id}.jsonl");
         warn!(count = quarantined.len(), key = %store.uri(&key), "Quarantined malformed findings.");
         files.push((path, key));
+    }
+    // Schema drift seen for the first time: a table row each, remembered in a checkpoint.
+    let drift = std::mem::take(&mut *collector.drift.lock().unwrap_or_else(|p| p.into_inner()));
+    if !drift.entries.is_empty() {
+        let (mut seen, tag): (BTreeSet<(String, String, String)>, Option<Tag>) =
+            match store.get_tagged(DRIFT_STATE).await.map_err(store_err)? {
+                Some((bytes, tag)) => (
+                    serde_json::from_slice(&bytes).unwrap_or_default(),
+                    Some(tag),
+                ),
+                None => (BTreeSet::new(), None),
+            };
+        let new: Vec<_> = drift
+            .entries
+            .iter()
+            .filter(|((t, p, k), _)| !seen.contains(&(t.clone(), p.clone(), k.as_str().to_owned())))
+            .collect();
+        if !new.is_empty() {
+            totals.drift_new = new.len();
+            totals.drift_types = new
+                .iter()
+                .map(|((t, _, _), _)| t)
+                .collect::<HashSet<_>>()
+                .len();
+            warn!(new = new.len(), "Findings differ from the known GuardDuty finding shape; see the schema_drift table.");
+            let batch =
+                report::drift_batch(run_id, &new).map_err(|e| RunError::Encode(e.to_string()))?;
+            let path = work_dir.join("schema_drift.parquet");
+            pq::write_file(&path, &batch).map_err(|e| RunError::Encode(e.to_string()))?;
+            files.push((path, format!("schema_drift/dt={run_dt}/{run_id}.parquet")));
+            seen.extend(
+                new.iter()
+                    .map(|((t, p, k), _)| (t.clone(), p.clone(), k.as_str().to_owned())),
+            );
+            let body = serde_json::to_string(&seen).map_err(|e| RunError::Encode(e.to_string()))?;
+            journal.checkpoints.push(Checkpoint {
+                key: DRIFT_STATE.to_owned(),
+                body,
+                expected: tag,
+            });
+        }
     }
     for (i, (path, key)) in files.iter().enumerate() {
         let staged = format!("{staging}{key}");
@@ -724,6 +770,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                 }
                 let entry = counts.entry(account_id.clone()).or_default();
                 entry.read += 1;
+                collector.drift.lock().unwrap_or_else(|p| p.into_inner()).record(&value, &account_id, &chain.region, now_ms());
                 match normalize(&value, finding.raw) {
                     Ok(row) => {
                         let key = (row.id.clone(), row.updated_at_ms);

@@ -51,7 +51,7 @@ fn now_ms() -> i64 {
 }
 
 fn fixtures() -> Vec<serde_json::Value> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guardduty");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/guardduty/examples");
     let mut all: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

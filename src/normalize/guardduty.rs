@@ -418,7 +418,7 @@ mod tests {
 
     fn fixture(name: &str) -> (Value, String) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/guardduty")
+            .join("schemas/guardduty/examples")
             .join(name);
         let raw = std::fs::read_to_string(path).unwrap();
         (serde_json::from_str(&raw).unwrap(), raw)
@@ -513,7 +513,7 @@ mod tests {
 
     #[test]
     fn every_fixture_builds_a_batch_with_the_schema_columns() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guardduty");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/guardduty/examples");
         let mut rows = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let raw = std::fs::read_to_string(entry.unwrap().path()).unwrap();

@@ -1,3 +1,4 @@
 //! Turning source records into typed rows of the lake's tables.
+pub mod drift;
 pub mod guardduty;
 pub mod schema;

@@ -50,6 +50,17 @@ pub fn runs() -> &'static TableDef {
     DEF.get_or_init(|| parse(include_str!("../../schemas/runs.json")))
 }
 
+/// The `schema_drift` table.
+pub fn schema_drift() -> &'static TableDef {
+    static DEF: OnceLock<TableDef> = OnceLock::new();
+    DEF.get_or_init(|| parse(include_str!("../../schemas/schema_drift.json")))
+}
+
+/// Every table of the lake, in documentation order.
+pub fn tables() -> [&'static TableDef; 3] {
+    [findings(), runs(), schema_drift()]
+}
+
 /// The Arrow type of an Athena type name used in `schemas/`.
 pub fn arrow_type(type_name: &str) -> Option<DataType> {
     Some(match type_name {
@@ -80,13 +91,130 @@ impl TableDef {
     }
 }
 
+/// Output formats of `guardlake schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Athena (Hive) DDL with partition projection on `dt`.
+    Ddl,
+    /// A Markdown table of the columns and what they hold.
+    Markdown,
+    /// A JSON Schema (draft 2020-12) of one row.
+    Json,
+}
+
+fn quote(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+impl TableDef {
+    /// Athena DDL: columns in file order, `dt` as a projected partition, so no crawler and no
+    /// MSCK REPAIR are needed. `location` is the lake's root (e.g. `s3://bucket/prefix`).
+    pub fn ddl(&self, database: &str, location: &str) -> String {
+        let root = location.trim_end_matches('/');
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "  `{}` {} COMMENT '{}'",
+                    c.name,
+                    c.type_name,
+                    quote(&c.description)
+                )
+            })
+            .collect();
+        let partitions: Vec<String> = self
+            .partition_keys
+            .iter()
+            .map(|c| {
+                format!(
+                    "`{}` {} COMMENT '{}'",
+                    c.name,
+                    c.type_name,
+                    quote(&c.description)
+                )
+            })
+            .collect();
+        format!(
+            "CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table}` (\n{columns}\n)\nCOMMENT '{comment}'\nPARTITIONED BY ({partitions})\nSTORED AS PARQUET\nLOCATION '{root}/{table}/'\nTBLPROPERTIES (\n  'projection.enabled'='true',\n  'projection.dt.type'='date',\n  'projection.dt.format'='yyyy-MM-dd',\n  'projection.dt.range'='2020-01-01,NOW',\n  'projection.dt.interval'='1',\n  'projection.dt.interval.unit'='DAYS',\n  'storage.location.template'='{root}/{table}/dt=${{dt}}/',\n  'parquet.compression'='ZSTD',\n  'guardlake.schema.version'='{version}'\n);\n",
+            table = self.table,
+            columns = columns.join(",\n"),
+            comment = quote(&self.description),
+            partitions = partitions.join(", "),
+            version = self.version,
+        )
+    }
+
+    /// The columns as a Markdown table.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("## `{}` (version {})\n\n{}\n\n| column | type | null | description |\n|---|---|---|---|\n", self.table, self.version, self.description);
+        for c in self.columns.iter().chain(self.partition_keys.iter()) {
+            let partition = if self.partition_keys.iter().any(|k| k.name == c.name) {
+                " (partition)"
+            } else {
+                ""
+            };
+            out += &format!(
+                "| `{}`{partition} | {} | {} | {} |\n",
+                c.name,
+                c.type_name,
+                if c.nullable { "yes" } else { "no" },
+                c.description.replace('|', "\\|")
+            );
+        }
+        out
+    }
+
+    /// A JSON Schema of one row, as DuckDB or pyarrow would render it to JSON.
+    pub fn json_schema(&self) -> serde_json::Value {
+        let mut properties = serde_json::Map::new();
+        for c in self.columns.iter().chain(self.partition_keys.iter()) {
+            let base = match c.type_name.as_str() {
+                "string" => serde_json::json!({"type": "string"}),
+                "double" => serde_json::json!({"type": "number"}),
+                "bigint" | "int" => serde_json::json!({"type": "integer"}),
+                "boolean" => serde_json::json!({"type": "boolean"}),
+                "timestamp" => serde_json::json!({"type": "string", "format": "date-time"}),
+                "array<string>" => {
+                    serde_json::json!({"type": "array", "items": {"type": "string"}})
+                }
+                _ => serde_json::json!({}),
+            };
+            let mut schema = base;
+            if c.nullable {
+                if let Some(kind) = schema.get("type").cloned() {
+                    schema["type"] = serde_json::json!([kind, "null"]);
+                }
+            }
+            schema["description"] = c.description.clone().into();
+            properties.insert(c.name.clone(), schema);
+        }
+        let required: Vec<&str> = self
+            .columns
+            .iter()
+            .chain(self.partition_keys.iter())
+            .filter(|c| !c.nullable)
+            .map(|c| c.name.as_str())
+            .collect();
+        serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": self.table,
+            "description": self.description,
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_table_parses_and_every_type_maps_to_arrow() {
-        for def in [findings(), runs()] {
+        for def in tables() {
             assert!(!def.columns.is_empty(), "{}", def.table);
             for column in &def.columns {
                 assert!(
@@ -116,6 +244,22 @@ mod tests {
                 ["dt"]
             );
         }
+    }
+
+    #[test]
+    fn ddl_names_every_column_and_projects_dt() {
+        let ddl = findings().ddl("guardlake", "s3://lake/prefix/");
+        for column in &findings().columns {
+            assert!(
+                ddl.contains(&format!("`{}` {}", column.name, column.type_name)),
+                "{}",
+                column.name
+            );
+        }
+        assert!(ddl.contains("PARTITIONED BY (`dt` string"));
+        assert!(ddl.contains("'storage.location.template'='s3://lake/prefix/findings/dt=${dt}/'"));
+        assert!(ddl.contains("LOCATION 's3://lake/prefix/findings/'"));
+        assert!(!ddl.contains("COMMENT 'GuardDuty's"), "quotes are escaped");
     }
 
     #[test]

@@ -174,7 +174,7 @@ mod tests {
     fn rows(n: usize) -> Vec<FindingVersion> {
         let raw = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/guardduty/network_instance.json"),
+                .join("schemas/guardduty/examples/network_instance.json"),
         )
         .unwrap();
         let value: serde_json::Value = serde_json::from_str(&raw).unwrap();

@@ -6,7 +6,7 @@ GuardDuty's finding types differ in two things that matter to readers of a findi
 Member names and nesting follow the `Finding` shape of the GuardDuty service model shipped in
 botocore (wire names, e.g. `LoginAttributes`, `sourceIPs`); nested timestamps are epoch seconds.
 
-Used by CreateSampleFindings, by the demo seeder and to write `tests/fixtures/guardduty/`.
+Used by CreateSampleFindings, by the demo seeder and to write `schemas/guardduty/examples/`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ENDPOINT = os.environ.get("GUARDLAKE_TEST_ENDPOINT", "http://127.0.0.1:4599")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "guardduty" / "examples"
 
 
 def control(method: str, path: str, body: dict | None = None) -> dict:
@@ -56,7 +57,7 @@ def assume(account_id: str, role: str = "GuardlakeReadOnly", region: str = "us-e
 
 
 def guardduty_fixtures() -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((FIXTURES / "guardduty").glob("*.json"))}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(EXAMPLES.glob("*.json"))}
 
 
 def cloudtrail_fixtures() -> dict[str, dict]:

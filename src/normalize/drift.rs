@@ -1,0 +1,329 @@
+//! Schema drift: each collected finding is compared with the known shape of a GuardDuty
+//! finding (`schemas/guardduty/finding.schema.json`, generated from the service model) and the
+//! known finding, resource and action types (`schemas/guardduty/known_types.json`). What does not
+//! match is counted per finding type and path; the finding itself is still written whole.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Examples are cut to this many bytes (at a character boundary).
+pub const EXAMPLE_BYTES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DriftKind {
+    /// A member the schema does not know.
+    UnknownPath,
+    /// A value of another JSON type than the schema says.
+    WrongType,
+    NewFindingType,
+    NewResourceType,
+    NewActionType,
+}
+
+impl DriftKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownPath => "unknown_path",
+            Self::WrongType => "wrong_type",
+            Self::NewFindingType => "new_finding_type",
+            Self::NewResourceType => "new_resource_type",
+            Self::NewActionType => "new_action_type",
+        }
+    }
+}
+
+/// One difference between a finding and the known shape. Paths use `[]` for list items and
+/// `{}` for map keys, e.g. `resource.instanceDetails.networkInterfaces[].publicIp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub path: String,
+    pub kind: DriftKind,
+    pub example: String,
+}
+
+struct Known {
+    schema: Value,
+    finding_types: HashSet<String>,
+    resource_types: HashSet<String>,
+    action_types: HashSet<String>,
+}
+
+fn known() -> &'static Known {
+    static KNOWN: OnceLock<Known> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        // Both files are compiled in and parsed by tests, so they are valid JSON.
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/guardduty/finding.schema.json"))
+                .unwrap_or(Value::Null);
+        let types: Value =
+            serde_json::from_str(include_str!("../../schemas/guardduty/known_types.json"))
+                .unwrap_or(Value::Null);
+        let set = |name: &str| -> HashSet<String> {
+            types[name]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Known {
+            finding_types: set("finding_types"),
+            resource_types: set("resource_types"),
+            action_types: set("action_types"),
+            schema,
+        }
+    })
+}
+
+/// Cuts a value's JSON text to `EXAMPLE_BYTES`.
+pub fn example(value: &Value) -> String {
+    let mut text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.len() > EXAMPLE_BYTES {
+        let mut end = EXAMPLE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        Some(name) => root["$defs"].get(name).unwrap_or(node),
+        None => node,
+    }
+}
+
+fn type_matches(expected: &str, value: &Value) -> bool {
+    match expected {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        _ => true,
+    }
+}
+
+fn walk(root: &Value, node: &Value, value: &Value, path: &str, out: &mut Vec<Drift>) {
+    let node = resolve(root, node);
+    if value.is_null() {
+        return; // The API omits members without a value; a null carries no shape.
+    }
+    if let Some(expected) = node.get("type").and_then(Value::as_str) {
+        if !type_matches(expected, value) {
+            out.push(Drift {
+                path: path.to_owned(),
+                kind: DriftKind::WrongType,
+                example: example(value),
+            });
+            return;
+        }
+    }
+    match value {
+        Value::Object(members) => {
+            let properties = node.get("properties").and_then(Value::as_object);
+            let additional = node.get("additionalProperties");
+            for (name, member) in members {
+                let child = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                match (properties.and_then(|p| p.get(name)), additional) {
+                    (Some(schema), _) => walk(root, schema, member, &child, out),
+                    (None, Some(schema)) if schema.is_object() => {
+                        walk(root, schema, member, &format!("{path}.{{}}"), out)
+                    }
+                    (None, _) if properties.is_some() => out.push(Drift {
+                        path: child,
+                        kind: DriftKind::UnknownPath,
+                        example: example(member),
+                    }),
+                    (None, _) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(schema) = node.get("items") {
+                for item in items {
+                    walk(root, schema, item, &format!("{path}[]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every difference between `finding` and the known shape and types.
+pub fn check(finding: &Value) -> Vec<Drift> {
+    let known = known();
+    let mut out = Vec::new();
+    if known.schema.is_object() {
+        walk(&known.schema, &known.schema, finding, "", &mut out);
+    }
+    let mut new_value =
+        |path: &str, value: Option<&Value>, set: &HashSet<String>, kind: DriftKind| {
+            if let Some(text) = value.and_then(Value::as_str) {
+                if !set.contains(text) {
+                    out.push(Drift {
+                        path: path.to_owned(),
+                        kind,
+                        example: example(&Value::String(text.to_owned())),
+                    });
+                }
+            }
+        };
+    new_value(
+        "type",
+        finding.get("type"),
+        &known.finding_types,
+        DriftKind::NewFindingType,
+    );
+    new_value(
+        "resource.resourceType",
+        finding.pointer("/resource/resourceType"),
+        &known.resource_types,
+        DriftKind::NewResourceType,
+    );
+    new_value(
+        "service.action.actionType",
+        finding.pointer("/service/action/actionType"),
+        &known.action_types,
+        DriftKind::NewActionType,
+    );
+    out
+}
+
+/// (finding type, path, kind): what a drift entry is about.
+pub type DriftKey = (String, String, DriftKind);
+
+/// Drift of a run, one entry per (finding type, path, kind): where first seen, an example, a count.
+#[derive(Debug, Default)]
+pub struct DriftLog {
+    pub entries: BTreeMap<DriftKey, DriftEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DriftEntry {
+    pub account_id: String,
+    pub region: String,
+    pub first_seen_ms: i64,
+    pub example: String,
+    pub count: u64,
+}
+
+impl DriftLog {
+    pub fn record(&mut self, finding: &Value, account_id: &str, region: &str, now_ms: i64) {
+        let finding_type = finding
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        for drift in check(finding) {
+            self.entries
+                .entry((finding_type.clone(), drift.path, drift.kind))
+                .and_modify(|e| e.count += 1)
+                .or_insert_with(|| DriftEntry {
+                    account_id: account_id.to_owned(),
+                    region: region.to_owned(),
+                    first_seen_ms: now_ms,
+                    example: drift.example,
+                    count: 1,
+                });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_finding() -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schemas/guardduty/examples/network_instance.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_example_matches_the_known_shape() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/guardduty/examples");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let finding: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(check(&finding), vec![], "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn new_fields_wrong_types_and_new_types_are_reported() {
+        let mut finding = example_finding();
+        finding["service"]["action"]["networkConnectionAction"]["shinyNewField"] =
+            serde_json::json!({"a": 1});
+        finding["service"]["count"] = "many".into();
+        finding["service"]["action"]["actionType"] = "QUANTUM_TUNNEL".into();
+        finding["type"] = "Impact:EC2/NeverSeen".into();
+        finding["resource"]["instanceDetails"]["tags"] =
+            serde_json::json!([{"key": "k", "value": "v", "extra": "x".repeat(400)}]);
+        let drift = check(&finding);
+        let kinds: Vec<(String, &str)> = drift
+            .iter()
+            .map(|d| (d.path.clone(), d.kind.as_str()))
+            .collect();
+        assert!(
+            kinds.contains(&(
+                "service.action.networkConnectionAction.shinyNewField".into(),
+                "unknown_path"
+            )),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("service.count".into(), "wrong_type")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("service.action.actionType".into(), "new_action_type")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("type".into(), "new_finding_type")),
+            "{kinds:?}"
+        );
+        let extra = drift
+            .iter()
+            .find(|d| d.path == "resource.instanceDetails.tags[].extra")
+            .unwrap();
+        assert_eq!(extra.example.len(), EXAMPLE_BYTES);
+        assert_eq!(drift.len(), 5, "{kinds:?}");
+    }
+
+    #[test]
+    fn a_run_log_counts_each_path_once() {
+        let mut finding = example_finding();
+        finding["novel"] = 1.into();
+        let mut log = DriftLog::default();
+        log.record(&finding, "1", "r", 5);
+        log.record(&finding, "2", "r", 6);
+        assert_eq!(log.entries.len(), 1);
+        let entry = log.entries.values().next().unwrap();
+        assert_eq!(
+            (entry.count, entry.first_seen_ms, entry.account_id.as_str()),
+            (2, 5, "1")
+        );
+    }
+}
