@@ -246,6 +246,20 @@ pub struct RunArgs {
     /// End (exclusive) of a backfill window.
     #[arg(long, value_parser = parse_time, requires = "since", value_name = "TIME")]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// CloudTrail events: off, or lookup (LookupEvents behind findings, plus the watch-list) [default: off].
+    #[arg(long, env = "GUARDLAKE_CLOUDTRAIL", value_enum)]
+    pub cloudtrail: Option<crate::config::CloudTrailMode>,
+    /// Event names pulled from every account and region in lookup mode [default: 20 names, see README].
+    #[arg(
+        long,
+        env = "GUARDLAKE_WATCHLIST",
+        value_delimiter = ',',
+        value_name = "NAME,NAME"
+    )]
+    pub watchlist: Option<Vec<String>>,
+    /// Seconds of padding around a finding's first/last seen times for its lookups [default: 900].
+    #[arg(long, env = "GUARDLAKE_LOOKUP_PAD_SECS", value_name = "SECS")]
+    pub lookup_pad_secs: Option<u64>,
     /// After publishing, compact closed partitions (as `guardlake compact`).
     #[arg(long, env = "GUARDLAKE_COMPACT")]
     pub compact: bool,
@@ -279,6 +293,9 @@ impl RunArgs {
             flush_bytes: self.flush_bytes,
             work_dir: self.work_dir.clone(),
             lock_lease_secs: self.lock_lease_secs,
+            cloudtrail: self.cloudtrail,
+            watchlist: list(&self.watchlist),
+            lookup_pad_secs: self.lookup_pad_secs,
         }
     }
 }

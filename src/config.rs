@@ -28,6 +28,16 @@ impl Mode {
     }
 }
 
+/// Whether and how CloudTrail events are collected next to the findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudTrailMode {
+    /// No CloudTrail events.
+    Off,
+    /// LookupEvents: the events behind each new finding version, and the watch-list.
+    Lookup,
+}
+
 /// The config file. Every key is optional; flags and environment variables win over it.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +87,14 @@ pub struct Config {
     /// Lease of the run lock in seconds, renewed every third of it; a crashed run's lock
     /// expires after it. Default 900.
     pub lock_lease_secs: Option<u64>,
+    /// `off` (default) or `lookup`: CloudTrail events behind findings and on the watch-list.
+    pub cloudtrail: Option<CloudTrailMode>,
+    /// Event names pulled from every account and region (lookup mode). Default: the 20 names
+    /// of `sources::cloudtrail::DEFAULT_WATCHLIST` (see the README).
+    pub watchlist: Option<Vec<String>>,
+    /// Seconds added before eventFirstSeen and after eventLastSeen of a finding when looking
+    /// up its events. Default 900.
+    pub lookup_pad_secs: Option<u64>,
 }
 
 /// Where the lake lives.
@@ -134,6 +152,9 @@ pub struct ValidatedConfig {
     pub flush_bytes: u64,
     pub work_dir: PathBuf,
     pub lock_lease_secs: u64,
+    pub cloudtrail: CloudTrailMode,
+    pub watchlist: Vec<String>,
+    pub lookup_pad_secs: i64,
 }
 
 /// A config problem, naming the key (and its flag) and how to fix it.
@@ -209,7 +230,10 @@ impl Config {
             target_file_bytes,
             flush_bytes,
             work_dir,
-            lock_lease_secs
+            lock_lease_secs,
+            cloudtrail,
+            watchlist,
+            lookup_pad_secs
         )
     }
 
@@ -413,7 +437,36 @@ impl Config {
                 "use a lease longer than a run's publish step, e.g. 900",
             ));
         }
+        let watchlist = self.watchlist.unwrap_or_else(|| {
+            crate::sources::cloudtrail::DEFAULT_WATCHLIST
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+        if let Some(bad) = watchlist
+            .iter()
+            .find(|name| name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(invalid(
+                "watchlist",
+                "--watchlist",
+                format!("{bad:?} is not an event name"),
+                "use CloudTrail event names such as StopLogging,CreateAccessKey",
+            ));
+        }
+        let lookup_pad_secs = self.lookup_pad_secs.unwrap_or(900);
+        if lookup_pad_secs > 86_400 {
+            return Err(invalid(
+                "lookup_pad_secs",
+                "--lookup-pad-secs",
+                format!("{lookup_pad_secs} is over a day"),
+                "use 0 to 86400 seconds",
+            ));
+        }
         Ok(ValidatedConfig {
+            cloudtrail: self.cloudtrail.unwrap_or(CloudTrailMode::Off),
+            watchlist,
+            lookup_pad_secs: lookup_pad_secs as i64,
             lock_lease_secs,
             output,
             sse_kms_key_id: self.sse_kms_key_id,

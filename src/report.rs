@@ -170,9 +170,12 @@ pub fn summary(
         .iter()
         .map(|(s, n)| format!("{n} {}", s.as_str()))
         .collect();
-    let read: u64 = outcomes.iter().map(|o| o.findings_read).sum();
-    let written: u64 = outcomes.iter().map(|o| o.findings_written).sum();
-    let quarantined: u64 = outcomes.iter().map(|o| o.findings_quarantined).sum();
+    let sum = |source: &str, f: fn(&TargetOutcome) -> u64| -> u64 {
+        outcomes.iter().filter(|o| o.source == source).map(f).sum()
+    };
+    let read = sum("guardduty", |o| o.findings_read);
+    let written = sum("guardduty", |o| o.findings_written);
+    let quarantined = sum("guardduty", |o| o.findings_quarantined);
     let mut out = String::new();
     let _ = writeln!(out, "guardlake run {run_id} finished in {seconds:.1} s");
     let _ = writeln!(
@@ -192,6 +195,15 @@ pub fn summary(
         "  findings: {read} read, {written} new versions written, {} already published, {quarantined} quarantined",
         totals.duplicates_skipped
     );
+    if outcomes.iter().any(|o| o.source == "cloudtrail") {
+        let _ = writeln!(
+            out,
+            "  cloudtrail: {} events read, {} new written, {} quarantined",
+            sum("cloudtrail", |o| o.findings_read),
+            sum("cloudtrail", |o| o.findings_written),
+            sum("cloudtrail", |o| o.findings_quarantined)
+        );
+    }
     if totals.drift_new > 0 {
         let _ = writeln!(out, "  schema drift: {} new path/kind pair(s) in {} finding type(s); see the schema_drift table", totals.drift_new, totals.drift_types);
     }

@@ -1,6 +1,6 @@
 //! `guardlake run`: discover → targets → collect (bounded concurrency) → publish → state → report.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,14 +10,16 @@ use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::aws::Aws;
-use crate::config::{Mode, Output, ValidatedConfig};
+use crate::config::{CloudTrailMode, Mode, Output, ValidatedConfig};
 use crate::discover::{self, Skipped};
 use crate::error::{RunError, TargetFailure, TargetStatus};
+use crate::normalize::cloudtrail::{self, EventRow, FindingEvent};
 use crate::normalize::drift::DriftLog;
 use crate::normalize::guardduty::{normalize, RunStamp};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::sink::parquet::{self as pq, FindingsWriter};
 use crate::sink::store::{Store, Tag};
+use crate::sources::cloudtrail::{self as trail, Correlation};
 use crate::sources::guardduty::{self as gd, RawFinding, Window};
 use crate::state::journal::{self, Checkpoint, Copy, Journal};
 use crate::state::lock::{LockError, RunLock};
@@ -88,6 +90,8 @@ struct Collector {
     /// Versions the lake already has (backfills): (account_id, region, id, updated_at ms).
     existing: HashSet<(String, String, String, i64)>,
     drift: Mutex<DriftLog>,
+    /// New finding versions whose CloudTrail events are looked up (lookup mode).
+    correlations: Mutex<Vec<Correlation>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -318,8 +322,23 @@ async fn collect_and_publish(
         encode_error: Mutex::new(None),
         existing,
         drift: Mutex::new(DriftLog::default()),
+        correlations: Mutex::new(Vec::new()),
     });
 
+    // Account → regions covered, for CloudTrail (members × regions in delegated-admin mode).
+    let mut covered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for chain in &chains {
+        let accounts: Vec<String> = match &chain.members {
+            Some(members) => members.iter().cloned().collect(),
+            None => vec![chain.account_id.clone()],
+        };
+        for account in accounts {
+            covered
+                .entry(account)
+                .or_default()
+                .push(chain.region.clone());
+        }
+    }
     let progress = progress_bar(chains.len() as u64);
     let results: Vec<ChainResult> = futures::stream::iter(chains)
         .map(|chain| {
@@ -422,6 +441,23 @@ async fn collect_and_publish(
         .iter()
         .map(|f| (f.path.clone(), format!("findings/dt={}/{}", f.dt, f.name)))
         .collect();
+    if config.cloudtrail == CloudTrailMode::Lookup {
+        let correlations = std::mem::take(
+            &mut *collector
+                .correlations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let trail = collect_cloudtrail(ctx, work_dir, covered, correlations).await?;
+        outcomes.extend(trail.outcomes);
+        outcomes.sort_by(|a, b| {
+            (&a.account_id, &a.region, a.source).cmp(&(&b.account_id, &b.region, b.source))
+        });
+        journal.checkpoints.extend(trail.checkpoints);
+        files.extend(trail.files);
+        crash_point("after_cloudtrail");
+    }
+
     let runs = report::runs_batch(run_id, outcomes).map_err(|e| RunError::Encode(e.to_string()))?;
     let runs_path = work_dir.join("runs.parquet");
     pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;
@@ -544,6 +580,232 @@ async fn collect_and_publish(
         )
     );
     Ok(())
+}
+
+/// What the CloudTrail phase adds to a run's publish.
+struct TrailOutput {
+    outcomes: Vec<TargetOutcome>,
+    checkpoints: Vec<Checkpoint>,
+    files: Vec<(std::path::PathBuf, String)>,
+}
+
+/// LookupEvents for every covered account: the watch-list per region, and the events behind
+/// each new finding version. Accounts run concurrently; calls per account and region are
+/// spaced by the shared rate limiter.
+async fn collect_cloudtrail(
+    ctx: &RunContext<'_>,
+    work_dir: &std::path::Path,
+    covered: BTreeMap<String, Vec<String>>,
+    correlations: Vec<Correlation>,
+) -> Result<TrailOutput, RunError> {
+    let RunContext {
+        config,
+        aws,
+        store,
+        run_id,
+        run_start_ms,
+        ..
+    } = *ctx;
+    let limiter = trail::limiter();
+    let mut by_account: BTreeMap<String, Vec<Correlation>> = BTreeMap::new();
+    for correlation in correlations {
+        by_account
+            .entry(correlation.account_id.clone())
+            .or_default()
+            .push(correlation);
+    }
+    let accounts: BTreeSet<String> = covered.keys().chain(by_account.keys()).cloned().collect();
+    let first_start = run_start_ms - config.lookback_secs * 1000;
+    let results: Vec<_> = futures::stream::iter(accounts)
+        .map(|account| {
+            let regions = covered.get(&account).cloned().unwrap_or_default();
+            let mine = by_account.get(&account).cloned().unwrap_or_default();
+            let limiter = limiter.clone();
+            async move {
+                let span = info_span!("target", account_id = %account, source = "cloudtrail");
+                async {
+                    let loaded = store
+                        .get_tagged(&trail::state_key(&account))
+                        .await
+                        .map_err(store_err)?;
+                    let (state, tag) = match loaded {
+                        Some((bytes, tag)) => (
+                            serde_json::from_slice(&bytes).unwrap_or_default(),
+                            Some(tag),
+                        ),
+                        None => (trail::AccountState::default(), None),
+                    };
+                    let started = Instant::now();
+                    let outcome = match aws.account_config(&account).await {
+                        Ok(sdk) => Ok(trail::collect_account(
+                            &sdk,
+                            &limiter,
+                            &account,
+                            &regions,
+                            &config.watchlist,
+                            &mine,
+                            state,
+                            first_start,
+                            config.overlap_secs * 1000,
+                            config.lookup_pad_secs * 1000,
+                            run_start_ms,
+                        )
+                        .await),
+                        Err(failure) => Err(failure),
+                    };
+                    Ok::<_, RunError>((
+                        account.clone(),
+                        regions,
+                        outcome,
+                        tag,
+                        started.elapsed().as_millis() as i64,
+                    ))
+                }
+                .instrument(span)
+                .await
+            }
+        })
+        .buffer_unordered(config.concurrency.get())
+        .collect()
+        .await;
+
+    let mut output = TrailOutput {
+        outcomes: Vec::new(),
+        checkpoints: Vec::new(),
+        files: Vec::new(),
+    };
+    let mut rows = Vec::new();
+    let mut links = Vec::new();
+    let mut bad = Vec::new();
+    let mut seen = HashSet::new();
+    let outcome = |account: &str,
+                   region: &str,
+                   failure: Option<TargetFailure>,
+                   stats: Option<&trail::RegionResult>,
+                   duration_ms: i64| TargetOutcome {
+        account_id: account.to_owned(),
+        region: region.to_owned(),
+        source: "cloudtrail",
+        mode: config.mode.as_str(),
+        failure,
+        findings_read: stats.map_or(0, |s| s.read),
+        findings_written: stats.map_or(0, |s| s.written),
+        findings_quarantined: stats.map_or(0, |s| s.quarantined),
+        window_start_ms: stats.and_then(|s| s.window).map(|w| w.0),
+        window_end_ms: stats.and_then(|s| s.window).map(|w| w.1),
+        started_at_ms: run_start_ms,
+        duration_ms,
+    };
+    for result in results {
+        let (account, regions, collected, tag, duration_ms) = result?;
+        match collected {
+            Err(failure) => {
+                for region in &regions {
+                    output.outcomes.push(outcome(
+                        &account,
+                        region,
+                        Some(failure.clone()),
+                        None,
+                        duration_ms,
+                    ));
+                }
+            }
+            Ok(collected) => {
+                for (region, stats) in &collected.regions {
+                    output.outcomes.push(outcome(
+                        &account,
+                        region,
+                        stats.failure.clone(),
+                        Some(stats),
+                        duration_ms,
+                    ));
+                }
+                let body = serde_json::to_string(&collected.state)
+                    .map_err(|e| RunError::Encode(e.to_string()))?;
+                output.checkpoints.push(Checkpoint {
+                    key: trail::state_key(&account),
+                    body,
+                    expected: tag,
+                });
+                rows.extend(
+                    collected
+                        .rows
+                        .into_iter()
+                        .filter(|r| seen.insert(r.event_id.clone())),
+                );
+                links.extend(collected.links);
+                bad.extend(collected.bad);
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (&a.account_id, &a.region, a.event_time_ms, &a.event_id).cmp(&(
+            &b.account_id,
+            &b.region,
+            b.event_time_ms,
+            &b.event_id,
+        ))
+    });
+    links.sort();
+    let stamp = RunStamp {
+        run_id: run_id.to_owned(),
+        collected_at_ms: run_start_ms,
+    };
+    for (day, path, name) in pq::write_by_dt(
+        &rows,
+        EventRow::dt,
+        |group| cloudtrail::events_batch(group, &stamp),
+        work_dir,
+        &format!("{run_id}-events"),
+    )
+    .map_err(RunError::Encode)?
+    {
+        output
+            .files
+            .push((path, format!("cloudtrail_events/dt={day}/{name}")));
+    }
+    for (day, path, name) in pq::write_by_dt(
+        &links,
+        FindingEvent::dt,
+        |group| cloudtrail::links_batch(group, run_id),
+        work_dir,
+        &format!("{run_id}-links"),
+    )
+    .map_err(RunError::Encode)?
+    {
+        output
+            .files
+            .push((path, format!("finding_events/dt={day}/{name}")));
+    }
+    if !bad.is_empty() {
+        let lines: String = bad
+            .iter()
+            .filter_map(|q| serde_json::to_string(q).ok())
+            .map(|l| l + "\n")
+            .collect();
+        let path = work_dir.join("quarantine-cloudtrail.jsonl");
+        std::fs::write(&path, lines).map_err(|e| RunError::Store {
+            key: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let run_dt = DateTime::<Utc>::from_timestamp_millis(run_start_ms)
+            .map(|t| t.date_naive())
+            .unwrap_or_default();
+        warn!(
+            count = bad.len(),
+            "Quarantined malformed CloudTrail records."
+        );
+        output.files.push((
+            path,
+            format!("_quarantine/cloudtrail/dt={run_dt}/{run_id}.jsonl"),
+        ));
+    }
+    info!(
+        events = rows.len(),
+        links = links.len(),
+        "Collected CloudTrail events."
+    );
+    Ok(output)
 }
 
 /// `guardlake compact`: under the run lock, after recovery.
@@ -782,6 +1044,19 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                         }
                         entry.written += 1;
                         new_versions.push(key);
+                        if row.access_key_id.is_some() || row.user_name.is_some() {
+                            collector.correlations.lock().unwrap_or_else(|p| p.into_inner()).push(Correlation {
+                                account_id: row.account_id.clone(),
+                                region: row.region.clone(),
+                                finding_id: row.id.clone(),
+                                updated_at_ms: row.updated_at_ms,
+                                access_key_id: row.access_key_id.clone(),
+                                user_name: row.user_name.clone(),
+                                api: row.api.clone(),
+                                first_seen_ms: row.event_first_seen_ms.unwrap_or(row.created_at_ms),
+                                last_seen_ms: row.event_last_seen_ms.unwrap_or(row.updated_at_ms),
+                            });
+                        }
                         let mut writer = collector.writer.lock().unwrap_or_else(|p| p.into_inner());
                         if let Some(writer) = writer.as_mut() {
                             if let Err(e) = writer.push(row) {

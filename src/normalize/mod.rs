@@ -1,4 +1,5 @@
 //! Turning source records into typed rows of the lake's tables.
+pub mod cloudtrail;
 pub mod drift;
 pub mod guardduty;
 pub mod schema;

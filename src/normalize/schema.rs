@@ -56,9 +56,27 @@ pub fn schema_drift() -> &'static TableDef {
     DEF.get_or_init(|| parse(include_str!("../../schemas/schema_drift.json")))
 }
 
+/// The `cloudtrail_events` table.
+pub fn cloudtrail_events() -> &'static TableDef {
+    static DEF: OnceLock<TableDef> = OnceLock::new();
+    DEF.get_or_init(|| parse(include_str!("../../schemas/cloudtrail_events.json")))
+}
+
+/// The `finding_events` table.
+pub fn finding_events() -> &'static TableDef {
+    static DEF: OnceLock<TableDef> = OnceLock::new();
+    DEF.get_or_init(|| parse(include_str!("../../schemas/finding_events.json")))
+}
+
 /// Every table of the lake, in documentation order.
-pub fn tables() -> [&'static TableDef; 3] {
-    [findings(), runs(), schema_drift()]
+pub fn tables() -> [&'static TableDef; 5] {
+    [
+        findings(),
+        runs(),
+        schema_drift(),
+        cloudtrail_events(),
+        finding_events(),
+    ]
 }
 
 /// The Arrow type of an Athena type name used in `schemas/`.

@@ -36,6 +36,30 @@ pub fn write_file(path: &Path, batch: &RecordBatch) -> Result<(), parquet::error
     Ok(())
 }
 
+/// Writes rows into one file per `dt` (small tables: everything is in memory already).
+/// Returns (dt, local path, file name) per file.
+pub fn write_by_dt<T: Clone>(
+    rows: &[T],
+    dt: impl Fn(&T) -> NaiveDate,
+    batch: impl Fn(&[T]) -> Result<RecordBatch, arrow_schema::ArrowError>,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<(NaiveDate, PathBuf, String)>, String> {
+    let mut by_dt: BTreeMap<NaiveDate, Vec<T>> = BTreeMap::new();
+    for row in rows {
+        by_dt.entry(dt(row)).or_default().push(row.clone());
+    }
+    let mut files = Vec::new();
+    for (day, group) in by_dt {
+        let name = format!("{stem}.parquet");
+        let path = dir.join(format!("{day}-{name}"));
+        let batch = batch(&group).map_err(|e| e.to_string())?;
+        write_file(&path, &batch).map_err(|e| e.to_string())?;
+        files.push((day, path, name));
+    }
+    Ok(files)
+}
+
 /// A finished local file, ready to publish under `<table>/dt=<dt>/<name>`.
 #[derive(Debug, Clone)]
 pub struct StagedFile {

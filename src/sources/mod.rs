@@ -1,2 +1,3 @@
 //! Readers of the AWS APIs that produce the lake's records.
+pub mod cloudtrail;
 pub mod guardduty;

@@ -73,6 +73,8 @@ class State:
         self.throttled: dict[tuple[str, str, str], int] = defaultdict(int)
         self.windows: dict[tuple[str, str, str], deque] = defaultdict(deque)
         self.max_rate: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.first_at: dict[tuple[str, str, str], float] = {}
+        self.last_at: dict[tuple[str, str, str], float] = {}
         self.lookup_windows: dict[tuple[str, str], deque] = defaultdict(deque)
 
     def region_enabled(self, account_id: str, region: str) -> bool:
@@ -216,6 +218,9 @@ def _record(call: Call) -> None:
         while window and window[0] <= now - 1.0:
             window.popleft()
         STATE.max_rate[key] = max(STATE.max_rate[key], len(window))
+        wall = time.time()
+        STATE.first_at.setdefault(key, wall)
+        STATE.last_at[key] = wall
 
 
 def _fault_for(call: Call) -> dict | None:
@@ -385,6 +390,8 @@ def _stats() -> dict[str, Any]:
                 "count": count,
                 "max_per_second": STATE.max_rate[(op, account, region)],
                 "throttled": STATE.throttled.get((op, account, region), 0),
+                "first_at": STATE.first_at.get((op, account, region)),
+                "last_at": STATE.last_at.get((op, account, region)),
             }
             for (op, account, region), count in sorted(STATE.counts.items())
         ]

@@ -1,0 +1,437 @@
+//! CloudTrail LookupEvents: the events behind new finding versions (correlated lookups) and a
+//! watch-list of security-relevant management events, per account and region.
+//!
+//! Facts (CloudTrail API reference): management events of the last 90 days only; one region per
+//! call; MaxResults ≤ 50; exactly one LookupAttribute per call (EventId, EventName, ReadOnly,
+//! Username, ResourceType, ResourceName, EventSource, AccessKeyId); **2 requests/s per account
+//! per region**, ThrottlingException above it. Global-service events (IAM, STS, sign-in) are
+//! recorded in us-east-1. Every call waits on a per-(account, region) rate limiter (governor)
+//! that keeps below the limit; the SDK's retry backs off if a call is throttled anyway.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_cloudtrail::primitives::DateTime as SdkTime;
+use aws_sdk_cloudtrail::types::{LookupAttribute, LookupAttributeKey};
+use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{classify, TargetFailure};
+use crate::normalize::cloudtrail::{normalize, EventRow, FindingEvent};
+
+/// LookupEvents' page limit.
+pub const PAGE_SIZE: i32 = 50;
+/// CloudTrail keeps management events this long; older events cannot be looked up.
+pub const RETENTION_MS: i64 = 90 * 86_400_000;
+/// One call per 550 ms per account and region: under the documented 2 requests/s with room
+/// for network jitter between the client's clock and the service's.
+pub const CALL_PERIOD: Duration = Duration::from_millis(550);
+
+/// The documented default watch-list: trail and detector tampering, new credentials, policy
+/// changes, root and console sign-in, public exposure, key deletion.
+pub const DEFAULT_WATCHLIST: [&str; 20] = [
+    "StopLogging",
+    "DeleteTrail",
+    "UpdateTrail",
+    "PutEventSelectors",
+    "DeleteDetector",
+    "UpdateDetector",
+    "DisassociateFromAdministratorAccount",
+    "DeleteMembers",
+    "CreateAccessKey",
+    "CreateUser",
+    "AttachUserPolicy",
+    "PutUserPolicy",
+    "PutRolePolicy",
+    "ConsoleLogin",
+    "PutBucketPolicy",
+    "PutBucketAcl",
+    "DeletePublicAccessBlock",
+    "AuthorizeSecurityGroupIngress",
+    "ScheduleKeyDeletion",
+    "DisableKey",
+];
+
+/// Event sources recorded in us-east-1 whatever region the caller used.
+const GLOBAL_SOURCES: [&str; 3] = [
+    "iam.amazonaws.com",
+    "sts.amazonaws.com",
+    "signin.amazonaws.com",
+];
+const GLOBAL_REGION: &str = "us-east-1";
+
+pub type Limiter = governor::DefaultKeyedRateLimiter<(String, String)>;
+
+/// The rate limiter shared by every LookupEvents call of a run.
+pub fn limiter() -> Arc<Limiter> {
+    let quota = Quota::with_period(CALL_PERIOD)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::MIN);
+    Arc::new(RateLimiter::keyed(quota))
+}
+
+/// A new finding version whose events are looked up.
+#[derive(Debug, Clone)]
+pub struct Correlation {
+    pub account_id: String,
+    pub region: String,
+    pub finding_id: String,
+    pub updated_at_ms: i64,
+    pub access_key_id: Option<String>,
+    pub user_name: Option<String>,
+    pub api: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// Per account: the watch-list watermark of each region and the events already published.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountState {
+    pub watermarks: BTreeMap<String, i64>,
+    /// (event id, event time ms) published within CloudTrail's 90-day retention.
+    pub published: Vec<(String, i64)>,
+}
+
+pub fn state_key(account_id: &str) -> String {
+    format!("_state/cloudtrail/{account_id}.json")
+}
+
+/// A record that could not be used, kept whole with the reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadEvent {
+    pub account_id: String,
+    pub region: String,
+    pub event_id: Option<String>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// What one account's CloudTrail work produced.
+#[derive(Debug, Default)]
+pub struct AccountResult {
+    pub rows: Vec<EventRow>,
+    pub links: Vec<FindingEvent>,
+    pub bad: Vec<BadEvent>,
+    /// Per region: events read, written, or why it failed.
+    pub regions: BTreeMap<String, RegionResult>,
+    pub state: AccountState,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RegionResult {
+    pub read: u64,
+    pub written: u64,
+    pub quarantined: u64,
+    pub failure: Option<TargetFailure>,
+    pub window: Option<(i64, i64)>,
+}
+
+fn to_sdk(ms: i64) -> SdkTime {
+    SdkTime::from_millis(ms)
+}
+
+/// One LookupEvents query, all pages, each call after the limiter allows it.
+async fn lookup(
+    client: &aws_sdk_cloudtrail::Client,
+    limiter: &Limiter,
+    key: &(String, String),
+    attribute: LookupAttributeKey,
+    value: &str,
+    window: (i64, i64),
+) -> Result<Vec<(String, Result<Value, String>)>, TargetFailure> {
+    let attribute = LookupAttribute::builder()
+        .attribute_key(attribute)
+        .attribute_value(value)
+        .build()
+        .map_err(|e| {
+            TargetFailure::new(
+                crate::error::TargetStatus::Error,
+                "BadLookup",
+                e.to_string(),
+            )
+        })?;
+    let mut pages = client
+        .lookup_events()
+        .lookup_attributes(attribute)
+        .start_time(to_sdk(window.0))
+        .end_time(to_sdk(window.1))
+        .max_results(PAGE_SIZE)
+        .into_paginator()
+        .send();
+    let mut events = Vec::new();
+    loop {
+        limiter.until_key_ready(key).await;
+        let Some(page) = pages
+            .try_next()
+            .await
+            .map_err(|e| classify("cloudtrail:LookupEvents", &e))?
+        else {
+            break;
+        };
+        for event in page.events() {
+            let raw = event.cloud_trail_event().unwrap_or_default().to_owned();
+            let parsed = serde_json::from_str::<Value>(&raw).map_err(|e| e.to_string());
+            events.push((raw, parsed));
+        }
+    }
+    Ok(events)
+}
+
+/// Work of one account: the watch-list in each region since its watermark, and the lookups
+/// behind each of the account's new finding versions.
+#[allow(clippy::too_many_arguments)]
+pub async fn collect_account(
+    config: &aws_config::SdkConfig,
+    limiter: &Limiter,
+    account_id: &str,
+    regions: &[String],
+    watchlist: &[String],
+    correlations: &[Correlation],
+    mut state: AccountState,
+    first_window_start_ms: i64,
+    overlap_ms: i64,
+    pad_ms: i64,
+    until_ms: i64,
+) -> AccountResult {
+    let mut result = AccountResult::default();
+    let published: HashSet<String> = state.published.iter().map(|(id, _)| id.clone()).collect();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let client_for = |region: &str| {
+        aws_sdk_cloudtrail::Client::from_conf(
+            aws_sdk_cloudtrail::config::Builder::from(config)
+                .region(aws_config::Region::new(region.to_owned()))
+                .build(),
+        )
+    };
+
+    // Takes a looked-up record: quarantines it, or keeps it once per run (and never again once
+    // published). Returns its event id and time when usable.
+    let mut take = |result: &mut AccountResult,
+                    region: &str,
+                    raw: String,
+                    parsed: Result<Value, String>|
+     -> Option<(String, i64, Option<String>, Option<String>)> {
+        let stats = result.regions.entry(region.to_owned()).or_default();
+        stats.read += 1;
+        let value = match parsed {
+            Ok(value) => value,
+            Err(reason) => {
+                stats.quarantined += 1;
+                result.bad.push(BadEvent {
+                    account_id: account_id.to_owned(),
+                    region: region.to_owned(),
+                    event_id: None,
+                    reason: format!("not JSON: {reason}"),
+                    raw,
+                });
+                return None;
+            }
+        };
+        match normalize(&value, raw) {
+            Ok(row) => {
+                let key = (
+                    row.event_id.clone(),
+                    row.event_time_ms,
+                    row.event_name.clone(),
+                    row.event_source.clone(),
+                );
+                if !published.contains(&row.event_id) && !seen.contains_key(&row.event_id) {
+                    stats.written += 1;
+                    seen.insert(row.event_id.clone(), result.rows.len());
+                    result.rows.push(row);
+                }
+                Some(key)
+            }
+            Err(reason) => {
+                stats.quarantined += 1;
+                let event_id = value
+                    .get("eventID")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                result.bad.push(BadEvent {
+                    account_id: account_id.to_owned(),
+                    region: region.to_owned(),
+                    event_id,
+                    reason: reason.to_string(),
+                    raw: value.to_string(),
+                });
+                None
+            }
+        }
+    };
+
+    // Watch-list, per region, since the region's watermark.
+    let mut watch_hits: Vec<(String, String, i64)> = Vec::new(); // (region, event id, time)
+    for region in regions {
+        let start = state
+            .watermarks
+            .get(region)
+            .map_or(first_window_start_ms, |w| w - overlap_ms)
+            .max(until_ms - RETENTION_MS);
+        let window = (start, until_ms);
+        result.regions.entry(region.clone()).or_default().window = Some(window);
+        let client = client_for(region);
+        let key = (account_id.to_owned(), region.clone());
+        let mut failed = None;
+        for name in watchlist {
+            match lookup(
+                &client,
+                limiter,
+                &key,
+                LookupAttributeKey::EventName,
+                name,
+                window,
+            )
+            .await
+            {
+                Ok(events) => {
+                    for (raw, parsed) in events {
+                        if let Some((id, time, _, _)) = take(&mut result, region, raw, parsed) {
+                            watch_hits.push((region.clone(), id, time));
+                        }
+                    }
+                }
+                Err(failure) => {
+                    failed = Some(failure);
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(failure) => {
+                result.regions.entry(region.clone()).or_default().failure = Some(failure)
+            }
+            None => {
+                state.watermarks.insert(region.clone(), until_ms);
+            }
+        }
+    }
+
+    // Correlated lookups, in the finding's region and in us-east-1 for global services.
+    let mut links = BTreeSet::new();
+    for finding in correlations {
+        let (attribute, value, reason) = match (&finding.access_key_id, &finding.user_name) {
+            (Some(key), _) => (LookupAttributeKey::AccessKeyId, key.clone(), "access_key"),
+            (None, Some(user)) => (LookupAttributeKey::Username, user.clone(), "principal"),
+            (None, None) => continue,
+        };
+        let window = (
+            (finding.first_seen_ms - pad_ms).max(until_ms - RETENTION_MS),
+            (finding.last_seen_ms + pad_ms).min(until_ms),
+        );
+        if window.0 >= window.1 {
+            continue;
+        }
+        let mut lookup_regions = vec![finding.region.clone()];
+        if finding.region != GLOBAL_REGION {
+            lookup_regions.push(GLOBAL_REGION.to_owned());
+        }
+        for region in lookup_regions {
+            let global_only = region != finding.region;
+            let key = (account_id.to_owned(), region.clone());
+            match lookup(
+                &client_for(&region),
+                limiter,
+                &key,
+                attribute.clone(),
+                &value,
+                window,
+            )
+            .await
+            {
+                Ok(events) => {
+                    for (raw, parsed) in events {
+                        let source = parsed
+                            .as_ref()
+                            .ok()
+                            .and_then(|v| v.get("eventSource"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        if global_only && !GLOBAL_SOURCES.contains(&source.as_str()) {
+                            continue;
+                        }
+                        if let Some((id, _, name, _)) = take(&mut result, &region, raw, parsed) {
+                            let why = if name.is_some() && name == finding.api {
+                                "api"
+                            } else {
+                                reason
+                            };
+                            links.insert(link(finding, &id, &region, why));
+                        }
+                    }
+                }
+                Err(failure) => {
+                    let entry = result.regions.entry(region.clone()).or_default();
+                    entry.failure.get_or_insert(failure);
+                }
+            }
+        }
+        // Watch-list events of the finding's account and region inside its window.
+        for (region, id, time) in &watch_hits {
+            if *region == finding.region && (window.0..=window.1).contains(time) {
+                links.insert(link(finding, id, region, "watchlist"));
+            }
+        }
+    }
+    result.links = links.into_iter().collect();
+
+    // Remember what was published, within the retention.
+    let keep_from = until_ms - RETENTION_MS;
+    let mut published: BTreeMap<String, i64> = state.published.iter().cloned().collect();
+    published.extend(
+        result
+            .rows
+            .iter()
+            .map(|r| (r.event_id.clone(), r.event_time_ms)),
+    );
+    state.published = published
+        .into_iter()
+        .filter(|(_, t)| *t >= keep_from)
+        .collect();
+    result.state = state;
+    result
+}
+
+fn link(finding: &Correlation, event_id: &str, region: &str, reason: &'static str) -> FindingEvent {
+    FindingEvent {
+        finding_account_id: finding.account_id.clone(),
+        finding_region: finding.region.clone(),
+        finding_id: finding.finding_id.clone(),
+        finding_updated_at_ms: finding.updated_at_ms,
+        event_id: event_id.to_owned(),
+        event_region: region.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limiter_spaces_calls_per_account_and_region() {
+        let limiter = limiter();
+        let a = ("1".to_owned(), "us-east-1".to_owned());
+        let b = ("1".to_owned(), "eu-west-1".to_owned());
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            limiter.until_key_ready(&a).await;
+        }
+        let spaced = started.elapsed();
+        assert!(
+            spaced >= CALL_PERIOD * 2,
+            "three calls in one key take two periods: {spaced:?}"
+        );
+        let other = std::time::Instant::now();
+        limiter.until_key_ready(&b).await;
+        assert!(
+            other.elapsed() < Duration::from_millis(50),
+            "another region has its own budget"
+        );
+    }
+}
