@@ -246,7 +246,7 @@ pub struct RunArgs {
     /// End (exclusive) of a backfill window.
     #[arg(long, value_parser = parse_time, requires = "since", value_name = "TIME")]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
-    /// CloudTrail events: off, or lookup (LookupEvents behind findings, plus the watch-list) [default: off].
+    /// CloudTrail events: off; lookup (LookupEvents behind findings, plus the watch-list); org-trail (the organization trail's S3 objects) [default: off].
     #[arg(long, env = "GUARDLAKE_CLOUDTRAIL", value_enum)]
     pub cloudtrail: Option<crate::config::CloudTrailMode>,
     /// Event names pulled from every account and region in lookup mode [default: 20 names, see README].
@@ -260,6 +260,18 @@ pub struct RunArgs {
     /// Seconds of padding around a finding's first/last seen times for its lookups [default: 900].
     #[arg(long, env = "GUARDLAKE_LOOKUP_PAD_SECS", value_name = "SECS")]
     pub lookup_pad_secs: Option<u64>,
+    /// Org-trail mode: the bucket the organization trail delivers to.
+    #[arg(long, env = "GUARDLAKE_TRAIL_BUCKET", value_name = "BUCKET")]
+    pub trail_bucket: Option<String>,
+    /// Org-trail mode: the trail's key prefix before AWSLogs/.
+    #[arg(long, env = "GUARDLAKE_TRAIL_PREFIX", value_name = "PREFIX")]
+    pub trail_prefix: Option<String>,
+    /// Org-trail mode: read a local copy of the trail (a directory holding AWSLogs/) instead of S3.
+    #[arg(long, env = "GUARDLAKE_TRAIL_DIR", value_name = "DIR")]
+    pub trail_dir: Option<PathBuf>,
+    /// Org-trail mode: the o-… id in the object keys [default: Organizations DescribeOrganization].
+    #[arg(long, env = "GUARDLAKE_TRAIL_ORG_ID", value_name = "ID")]
+    pub trail_org_id: Option<String>,
     /// After publishing, compact closed partitions (as `guardlake compact`).
     #[arg(long, env = "GUARDLAKE_COMPACT")]
     pub compact: bool,
@@ -296,6 +308,10 @@ impl RunArgs {
             cloudtrail: self.cloudtrail,
             watchlist: list(&self.watchlist),
             lookup_pad_secs: self.lookup_pad_secs,
+            trail_bucket: self.trail_bucket.clone(),
+            trail_prefix: self.trail_prefix.clone(),
+            trail_dir: self.trail_dir.clone(),
+            trail_org_id: self.trail_org_id.clone(),
         }
     }
 }

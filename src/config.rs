@@ -36,6 +36,9 @@ pub enum CloudTrailMode {
     Off,
     /// LookupEvents: the events behind each new finding version, and the watch-list.
     Lookup,
+    /// The organization trail's objects in S3 (`--trail-bucket`), for organizations that
+    /// outgrow LookupEvents' 2 requests/s.
+    OrgTrail,
 }
 
 /// The config file. Every key is optional; flags and environment variables win over it.
@@ -95,6 +98,15 @@ pub struct Config {
     /// Seconds added before eventFirstSeen and after eventLastSeen of a finding when looking
     /// up its events. Default 900.
     pub lookup_pad_secs: Option<u64>,
+    /// Org-trail mode: the bucket the organization trail delivers to.
+    pub trail_bucket: Option<String>,
+    /// Org-trail mode: the trail's S3 key prefix (before `AWSLogs/`), if any.
+    pub trail_prefix: Option<String>,
+    /// Org-trail mode: a local copy of the trail (a directory holding `AWSLogs/`) instead of S3.
+    pub trail_dir: Option<PathBuf>,
+    /// Org-trail mode: the organization id in the object keys (`o-…`). Default: Organizations
+    /// DescribeOrganization.
+    pub trail_org_id: Option<String>,
 }
 
 /// Where the lake lives.
@@ -155,6 +167,15 @@ pub struct ValidatedConfig {
     pub cloudtrail: CloudTrailMode,
     pub watchlist: Vec<String>,
     pub lookup_pad_secs: i64,
+    pub trail: Option<TrailSource>,
+    pub trail_org_id: Option<String>,
+}
+
+/// Where the organization trail's objects are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrailSource {
+    S3 { bucket: String, prefix: String },
+    Local(PathBuf),
 }
 
 /// A config problem, naming the key (and its flag) and how to fix it.
@@ -233,7 +254,11 @@ impl Config {
             lock_lease_secs,
             cloudtrail,
             watchlist,
-            lookup_pad_secs
+            lookup_pad_secs,
+            trail_bucket,
+            trail_prefix,
+            trail_dir,
+            trail_org_id
         )
     }
 
@@ -463,8 +488,44 @@ impl Config {
                 "use 0 to 86400 seconds",
             ));
         }
+        let cloudtrail = self.cloudtrail.unwrap_or(CloudTrailMode::Off);
+        let trail = match (self.trail_bucket, self.trail_dir) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "trail_dir",
+                    "--trail-dir",
+                    "both a trail bucket and a trail directory are set",
+                    "set only one of them",
+                ))
+            }
+            (Some(bucket), None) => Some(TrailSource::S3 {
+                bucket,
+                prefix: self
+                    .trail_prefix
+                    .unwrap_or_default()
+                    .trim_matches('/')
+                    .to_owned(),
+            }),
+            (None, Some(dir)) => Some(TrailSource::Local(dir)),
+            (None, None) => None,
+        };
+        if cloudtrail == CloudTrailMode::OrgTrail && trail.is_none() {
+            return Err(invalid("trail_bucket", "--trail-bucket", "org-trail mode needs the trail's bucket", "name the bucket the organization trail delivers to (or a local copy with --trail-dir)"));
+        }
+        if let Some(org) = &self.trail_org_id {
+            if !org.starts_with("o-") {
+                return Err(invalid(
+                    "trail_org_id",
+                    "--trail-org-id",
+                    format!("{org:?} is not an organization id"),
+                    "use the o-… id in the trail's object keys",
+                ));
+            }
+        }
         Ok(ValidatedConfig {
-            cloudtrail: self.cloudtrail.unwrap_or(CloudTrailMode::Off),
+            trail,
+            trail_org_id: self.trail_org_id,
+            cloudtrail,
             watchlist,
             lookup_pad_secs: lookup_pad_secs as i64,
             lock_lease_secs,

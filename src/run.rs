@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::aws::Aws;
-use crate::config::{CloudTrailMode, Mode, Output, ValidatedConfig};
+use crate::config::{CloudTrailMode, Mode, Output, TrailSource, ValidatedConfig};
 use crate::discover::{self, Skipped};
 use crate::error::{RunError, TargetFailure, TargetStatus};
 use crate::normalize::cloudtrail::{self, EventRow, FindingEvent};
@@ -21,6 +21,7 @@ use crate::sink::parquet::{self as pq, FindingsWriter};
 use crate::sink::store::{Store, Tag};
 use crate::sources::cloudtrail::{self as trail, Correlation};
 use crate::sources::guardduty::{self as gd, RawFinding, Window};
+use crate::sources::orgtrail;
 use crate::state::journal::{self, Checkpoint, Copy, Journal};
 use crate::state::lock::{LockError, RunLock};
 use crate::state::{self, crash_point, Watermark};
@@ -441,7 +442,7 @@ async fn collect_and_publish(
         .iter()
         .map(|f| (f.path.clone(), format!("findings/dt={}/{}", f.dt, f.name)))
         .collect();
-    if config.cloudtrail == CloudTrailMode::Lookup {
+    if config.cloudtrail != CloudTrailMode::Off {
         let correlations = std::mem::take(
             &mut *collector
                 .correlations
@@ -608,14 +609,63 @@ async fn collect_cloudtrail(
     } = *ctx;
     let limiter = trail::limiter();
     let mut by_account: BTreeMap<String, Vec<Correlation>> = BTreeMap::new();
-    for correlation in correlations {
+    for correlation in &correlations {
         by_account
             .entry(correlation.account_id.clone())
             .or_default()
-            .push(correlation);
+            .push(correlation.clone());
     }
+    // Org-trail mode: where the objects are, the org id in their keys, and the relevance rules.
+    let org_trail = match (&config.cloudtrail, &config.trail) {
+        (CloudTrailMode::OrgTrail, Some(source)) => {
+            let store = match source {
+                TrailSource::S3 { bucket, prefix } => Store::S3 {
+                    client: aws.s3(),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    sse_kms_key_id: None,
+                    part_bytes: crate::sink::store::MULTIPART_PART_BYTES,
+                },
+                TrailSource::Local(dir) => Store::Local { root: dir.clone() },
+            };
+            let org_id = match &config.trail_org_id {
+                Some(id) => id.clone(),
+                None => aws
+                    .organizations()
+                    .describe_organization()
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        RunError::Discovery(crate::error::classify(
+                            "organizations:DescribeOrganization",
+                            &e,
+                        ))
+                    })?
+                    .organization()
+                    .and_then(|o| o.id())
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            Some((
+                store,
+                org_id,
+                orgtrail::Rules::new(
+                    &config.watchlist,
+                    &correlations,
+                    config.lookup_pad_secs * 1000,
+                ),
+            ))
+        }
+        _ => None,
+    };
+    let state_source = if org_trail.is_some() {
+        "orgtrail"
+    } else {
+        "cloudtrail"
+    };
     let accounts: BTreeSet<String> = covered.keys().chain(by_account.keys()).cloned().collect();
     let first_start = run_start_ms - config.lookback_secs * 1000;
+    let org_trail = &org_trail;
     let results: Vec<_> = futures::stream::iter(accounts)
         .map(|account| {
             let regions = covered.get(&account).cloned().unwrap_or_default();
@@ -625,7 +675,7 @@ async fn collect_cloudtrail(
                 let span = info_span!("target", account_id = %account, source = "cloudtrail");
                 async {
                     let loaded = store
-                        .get_tagged(&trail::state_key(&account))
+                        .get_tagged(&trail::state_key(state_source, &account))
                         .await
                         .map_err(store_err)?;
                     let (state, tag) = match loaded {
@@ -636,22 +686,37 @@ async fn collect_cloudtrail(
                         None => (trail::AccountState::default(), None),
                     };
                     let started = Instant::now();
-                    let outcome = match aws.account_config(&account).await {
-                        Ok(sdk) => Ok(trail::collect_account(
-                            &sdk,
-                            &limiter,
+                    let overlap_ms = config.overlap_secs * 1000;
+                    let outcome = match org_trail {
+                        Some((source, org_id, rules)) => Ok(orgtrail::collect_account(
+                            source,
+                            org_id,
                             &account,
                             &regions,
-                            &config.watchlist,
-                            &mine,
+                            rules,
                             state,
                             first_start,
-                            config.overlap_secs * 1000,
-                            config.lookup_pad_secs * 1000,
+                            overlap_ms,
                             run_start_ms,
                         )
                         .await),
-                        Err(failure) => Err(failure),
+                        None => match aws.account_config(&account).await {
+                            Ok(sdk) => Ok(trail::collect_account(
+                                &sdk,
+                                &limiter,
+                                &account,
+                                &regions,
+                                &config.watchlist,
+                                &mine,
+                                state,
+                                first_start,
+                                overlap_ms,
+                                config.lookup_pad_secs * 1000,
+                                run_start_ms,
+                            )
+                            .await),
+                            Err(failure) => Err(failure),
+                        },
                     };
                     Ok::<_, RunError>((
                         account.clone(),
@@ -723,7 +788,7 @@ async fn collect_cloudtrail(
                 let body = serde_json::to_string(&collected.state)
                     .map_err(|e| RunError::Encode(e.to_string()))?;
                 output.checkpoints.push(Checkpoint {
-                    key: trail::state_key(&account),
+                    key: trail::state_key(state_source, &account),
                     body,
                     expected: tag,
                 });

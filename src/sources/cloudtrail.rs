@@ -56,12 +56,12 @@ pub const DEFAULT_WATCHLIST: [&str; 20] = [
 ];
 
 /// Event sources recorded in us-east-1 whatever region the caller used.
-const GLOBAL_SOURCES: [&str; 3] = [
+pub const GLOBAL_SOURCES: [&str; 3] = [
     "iam.amazonaws.com",
     "sts.amazonaws.com",
     "signin.amazonaws.com",
 ];
-const GLOBAL_REGION: &str = "us-east-1";
+pub const GLOBAL_REGION: &str = "us-east-1";
 
 pub type Limiter = governor::DefaultKeyedRateLimiter<(String, String)>;
 
@@ -94,10 +94,14 @@ pub struct AccountState {
     pub watermarks: BTreeMap<String, i64>,
     /// (event id, event time ms) published within CloudTrail's 90-day retention.
     pub published: Vec<(String, i64)>,
+    /// Org-trail mode: per region, the object keys already read (within the window's slack).
+    #[serde(default)]
+    pub objects: BTreeMap<String, Vec<String>>,
 }
 
-pub fn state_key(account_id: &str) -> String {
-    format!("_state/cloudtrail/{account_id}.json")
+/// The state object of an account; `source` is `cloudtrail` (lookup) or `orgtrail`.
+pub fn state_key(source: &str, account_id: &str) -> String {
+    format!("_state/{source}/{account_id}.json")
 }
 
 /// A record that could not be used, kept whole with the reason.
@@ -397,7 +401,12 @@ pub async fn collect_account(
     result
 }
 
-fn link(finding: &Correlation, event_id: &str, region: &str, reason: &'static str) -> FindingEvent {
+pub fn link(
+    finding: &Correlation,
+    event_id: &str,
+    region: &str,
+    reason: &'static str,
+) -> FindingEvent {
     FindingEvent {
         finding_account_id: finding.account_id.clone(),
         finding_region: finding.region.clone(),
