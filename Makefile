@@ -63,8 +63,9 @@ demo: venv ## The job end to end on the local backend, into ./lake, then an SQL 
 schemas: venv ## Regenerate schemas/guardduty/finding.schema.json and schemas/README.md from the service model
 	$(PY) tests/schemas/generate_finding_schema.py
 
-bench: ## Normalize + encode throughput and peak RSS on 120k findings, written to bench/results.txt
+bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
+	$(PY) tests/bench/orgtrail_vs_duckdb.py
 
 clean: emulator-stop ## Remove build output, the venv and the demo lake
 	rm -rf target $(VENV) lake

@@ -12,7 +12,64 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use crate::normalize::cloudtrail::{events_batch, EventRow};
 use crate::normalize::guardduty::{to_record_batch, FindingVersion, RunStamp};
+
+/// A row of a table that `PartitionWriter` writes: its partition, its sort key, its size.
+pub trait LakeRow: Sized {
+    fn dt(&self) -> NaiveDate;
+    /// Bytes the row holds in memory, roughly; the writer flushes by this.
+    fn approx_bytes(&self) -> usize;
+    /// Order inside a row group: (account_id, region, time) so statistics prune.
+    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering;
+    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError>;
+}
+
+impl LakeRow for FindingVersion {
+    fn dt(&self) -> NaiveDate {
+        FindingVersion::dt(self)
+    }
+    fn approx_bytes(&self) -> usize {
+        FindingVersion::approx_bytes(self)
+    }
+    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.account_id, &self.region, self.updated_at_ms, &self.id).cmp(&(
+            &other.account_id,
+            &other.region,
+            other.updated_at_ms,
+            &other.id,
+        ))
+    }
+    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        to_record_batch(rows, stamp)
+    }
+}
+
+impl LakeRow for EventRow {
+    fn dt(&self) -> NaiveDate {
+        EventRow::dt(self)
+    }
+    fn approx_bytes(&self) -> usize {
+        self.raw.len() * 2 + 256
+    }
+    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (
+            &self.account_id,
+            &self.region,
+            self.event_time_ms,
+            &self.event_id,
+        )
+            .cmp(&(
+                &other.account_id,
+                &other.region,
+                other.event_time_ms,
+                &other.event_id,
+            ))
+    }
+    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        events_batch(rows, stamp)
+    }
+}
 
 /// Rows per row group at most; smaller groups prune better, larger ones compress better.
 pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -76,20 +133,23 @@ struct OpenFile {
     rows: usize,
 }
 
-/// Buffers finding versions per `dt`, encodes them sorted, rolls files by size.
-pub struct FindingsWriter {
+/// The writer of the `findings` table.
+pub type FindingsWriter = PartitionWriter<FindingVersion>;
+
+/// Buffers rows per `dt`, encodes them sorted, rolls files by size.
+pub struct PartitionWriter<R: LakeRow> {
     dir: PathBuf,
     stamp: RunStamp,
     flush_bytes: u64,
     target_file_bytes: u64,
-    buffered: BTreeMap<NaiveDate, Vec<FindingVersion>>,
+    buffered: BTreeMap<NaiveDate, Vec<R>>,
     buffered_bytes: u64,
     open: BTreeMap<NaiveDate, OpenFile>,
     finished: Vec<StagedFile>,
     files_started: usize,
 }
 
-impl FindingsWriter {
+impl<R: LakeRow> PartitionWriter<R> {
     pub fn new(dir: PathBuf, stamp: RunStamp, flush_bytes: u64, target_file_bytes: u64) -> Self {
         Self {
             dir,
@@ -104,7 +164,7 @@ impl FindingsWriter {
         }
     }
 
-    pub fn push(&mut self, row: FindingVersion) -> Result<(), parquet::errors::ParquetError> {
+    pub fn push(&mut self, row: R) -> Result<(), parquet::errors::ParquetError> {
         self.buffered_bytes += row.approx_bytes() as u64;
         self.buffered.entry(row.dt()).or_default().push(row);
         if self.buffered_bytes >= self.flush_bytes {
@@ -118,16 +178,9 @@ impl FindingsWriter {
         let buffered = std::mem::take(&mut self.buffered);
         self.buffered_bytes = 0;
         for (dt, mut rows) in buffered {
-            rows.sort_by(|a, b| {
-                (&a.account_id, &a.region, a.updated_at_ms, &a.id).cmp(&(
-                    &b.account_id,
-                    &b.region,
-                    b.updated_at_ms,
-                    &b.id,
-                ))
-            });
+            rows.sort_by(R::sort_cmp);
             for chunk in rows.chunks(MAX_ROW_GROUP_ROWS) {
-                let batch = to_record_batch(chunk, &self.stamp)?;
+                let batch = R::batch(chunk, &self.stamp)?;
                 let open = match self.open.entry(dt) {
                     std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
                     std::collections::btree_map::Entry::Vacant(entry) => {

@@ -153,10 +153,7 @@ pub type OnRecord<'a> = dyn FnMut(&[u8], Result<Value, String>) + 'a;
 
 /// Decompresses a `.json.gz` object as a stream and hands each record to `on_record`, parsed.
 /// Returns the number of records, or why the object stopped early (after the records it had).
-pub fn read_object(
-    compressed: &[u8],
-    on_record: &mut OnRecord<'_>,
-) -> Result<usize, String> {
+pub fn read_object(compressed: &[u8], on_record: &mut OnRecord<'_>) -> Result<usize, String> {
     let mut decoder = flate2::read::GzDecoder::new(compressed);
     let mut splitter = RecordSplitter::default();
     let mut buffer = vec![0u8; CHUNK];

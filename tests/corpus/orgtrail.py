@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--accounts", type=int, default=20)
     parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=1, help="write each object N times with distinct event ids (a corpus N times larger, quickly)")
     args = parser.parse_args()
     accounts = [f"{100000000000 + i * 7919:012d}" for i in range(args.accounts)]
     end = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -141,10 +142,16 @@ def main() -> None:
     def put(key: str, body: bytes) -> None:
         path = args.out / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
+        if args.copies == 1:
+            path.write_bytes(body)
+            return
+        text = gzip.decompress(body).decode()
+        for copy in range(args.copies):
+            variant = text.replace('"eventID": "', f'"eventID": "c{copy}-')
+            path.with_name(path.name.replace(".json.gz", f"-c{copy}.json.gz")).write_bytes(gzip.compress(variant.encode(), compresslevel=6))
 
     objects = write_objects(records(args.records, args.seed, accounts, ["us-east-1", "eu-west-1", "ap-southeast-2"], start, end), put, args.seed)
-    print(f"wrote {objects} objects, {args.records} records, under {args.out}")
+    print(f"wrote {objects * args.copies} objects, {args.records * args.copies} records, under {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+//! `make bench` (org-trail part): the org-trail path on a generated corpus, one thread:
+//! stream-decompress each `.json.gz` object, split records, parse, normalize, dedupe on
+//! eventID, encode zstd Parquet partitioned by dt. Prints one JSON line with the numbers.
+//! Usage: cargo bench --bench orgtrail -- --corpus DIR
+//! Under `cargo test` (no --bench) it runs on a tiny in-memory object as a smoke test.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use guardlake::normalize::cloudtrail::{normalize, EventRow};
+use guardlake::normalize::guardduty::RunStamp;
+use guardlake::sink::parquet::PartitionWriter;
+use guardlake::sources::orgtrail::read_object;
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn objects(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".json.gz") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn tiny_object() -> Vec<u8> {
+    let records: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"eventID":"e{i}","eventTime":"2026-11-20T10:{:02}:00Z","eventName":"ListUsers","eventSource":"iam.amazonaws.com","awsRegion":"us-east-1","recipientAccountId":"111122223333","userIdentity":{{"type":"Root"}}}}"#, i % 60))
+        .collect();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = encoder.write_all(format!("{{\"Records\":[{}]}}", records.join(",")).as_bytes());
+    encoder.finish().unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let benchmarking = args.iter().any(|a| a == "--bench");
+    let files = match (benchmarking, arg("--corpus")) {
+        (true, Some(dir)) => objects(Path::new(&dir)),
+        (true, None) => {
+            eprintln!("usage: cargo bench --bench orgtrail -- --corpus DIR");
+            std::process::exit(2);
+        }
+        (false, _) => Vec::new(),
+    };
+    let work =
+        std::env::temp_dir().join(format!("guardlake-orgtrail-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let stamp = RunStamp {
+        run_id: "bench".into(),
+        collected_at_ms: 0,
+    };
+    let mut writer: PartitionWriter<EventRow> =
+        PartitionWriter::new(work.clone(), stamp, 64 << 20, 128 << 20);
+    let mut seen: HashSet<u64> = HashSet::new();
+    let (mut records, mut written, mut bad, mut compressed) = (0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut process = |bytes: &[u8]| {
+        compressed += bytes.len() as u64;
+        let outcome = read_object(bytes, &mut |raw, parsed| {
+            records += 1;
+            let Ok(value) = parsed else {
+                bad += 1;
+                return;
+            };
+            match normalize(&value, String::from_utf8_lossy(raw).into_owned()) {
+                Ok(row) => {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    row.event_id.hash(&mut hasher);
+                    if seen.insert(hasher.finish()) {
+                        written += 1;
+                        writer.push(row).unwrap();
+                    }
+                }
+                Err(_) => bad += 1,
+            }
+        });
+        if outcome.is_err() {
+            bad += 1;
+        }
+    };
+    if benchmarking {
+        for file in &files {
+            process(&std::fs::read(file).unwrap());
+        }
+    } else {
+        process(&tiny_object());
+    }
+    let parquet = writer.finish().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let parquet_bytes: u64 = parquet
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    std::fs::remove_dir_all(&work).ok();
+    assert_eq!(
+        parquet.iter().map(|f| f.rows as u64).sum::<u64>(),
+        written,
+        "every kept record encoded once"
+    );
+    println!(
+        "{{\"objects\":{},\"records\":{records},\"written\":{written},\"bad\":{bad},\"compressed_mib\":{:.1},\"parquet_mib\":{:.1},\"files\":{},\"seconds\":{seconds:.3},\"records_per_sec\":{:.0},\"peak_rss_mib\":{:.1}}}",
+        files.len().max(1),
+        compressed as f64 / 1048576.0,
+        parquet_bytes as f64 / 1048576.0,
+        parquet.len(),
+        records as f64 / seconds,
+        peak_rss_kib() as f64 / 1024.0
+    );
+}
