@@ -90,7 +90,7 @@ pub struct CompactArgs {
     /// Lake location: file://DIR, a directory, or s3://bucket/prefix [default: ./lake].
     #[arg(long, env = "GUARDLAKE_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
-    /// Only this table (findings or runs) [default: every table].
+    /// Only this table (findings, runs, schema_drift, cloudtrail_events, finding_events) [default: every table].
     #[arg(long)]
     pub table: Option<String>,
     /// Only this partition (YYYY-MM-DD), closed or not [default: every closed partition].

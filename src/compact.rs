@@ -21,7 +21,13 @@ use crate::state::crash_point;
 use crate::state::journal::{self, Copy, Journal, PublishError};
 
 /// Tables compaction knows, with the time column rows are sorted by after account and region.
-pub const TABLES: [(&str, &str); 2] = [("findings", "updated_at"), ("runs", "started_at")];
+pub const TABLES: [(&str, &str); 5] = [
+    ("findings", "updated_at"),
+    ("runs", "started_at"),
+    ("schema_drift", "first_seen"),
+    ("cloudtrail_events", "event_time"),
+    ("finding_events", "finding_updated_at"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -33,7 +39,7 @@ pub enum CompactError {
         dt: String,
         message: String,
     },
-    #[error("unknown table {0:?}; compaction knows findings and runs")]
+    #[error("unknown table {0:?}; compaction knows findings, runs, schema_drift, cloudtrail_events and finding_events")]
     UnknownTable(String),
 }
 
