@@ -14,7 +14,7 @@ CARGO ?= cargo
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas clean
+.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ demo: venv ## The job end to end on the local backend, into ./lake, then an SQL 
 
 schemas: venv ## Regenerate schemas/guardduty/finding.schema.json and schemas/README.md from the service model
 	$(PY) tests/schemas/generate_finding_schema.py
+
+infra: venv ## Regenerate infra/hub.yaml (Glue tables from schemas/, named queries from infra/sql/) and lint it
+	$(PY) tests/schemas/generate_infra.py
+	$(VENV)/bin/cfn-lint infra/hub.yaml infra/member-role.yaml || [ $$(( $$? & 2 )) -eq 0 ]
 
 bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
