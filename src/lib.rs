@@ -11,6 +11,7 @@ pub mod compact;
 pub mod config;
 pub mod discover;
 pub mod error;
+pub mod lambda;
 pub mod normalize;
 pub mod report;
 pub mod run;

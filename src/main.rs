@@ -79,7 +79,53 @@ fn print_schema(args: &guardlake::cli::SchemaArgs) -> i32 {
     exit_code::OK
 }
 
+/// Started by Lambda: serve invocations, configured like `guardlake run` from the environment.
+fn serve_lambda() -> ! {
+    init_logs();
+    let Ok(Cli {
+        command: Command::Run(args),
+        ..
+    }) = Cli::try_parse_from(["guardlake", "run"])
+    else {
+        eprintln!(
+            "error: the function's GUARDLAKE_* environment is not valid; see guardlake run --help"
+        );
+        std::process::exit(exit_code::CONFIG);
+    };
+    let base = match &args.config {
+        Some(path) => Config::from_file(path).unwrap_or_else(|err| {
+            eprintln!("error: {err}");
+            std::process::exit(exit_code::CONFIG);
+        }),
+        None => Config::default(),
+    }
+    .overridden_by(args.as_config());
+    // Fail the cold start, not every invocation, when the configuration is wrong.
+    if let Err(err) = base.clone().validate() {
+        eprintln!("error: {err}");
+        std::process::exit(exit_code::CONFIG);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| {
+            eprintln!("error: cannot start the async runtime: {err}");
+            std::process::exit(exit_code::FAILED);
+        });
+    match runtime.block_on(guardlake::lambda::serve(base, args.s3.path_style())) {
+        Ok(()) => std::process::exit(exit_code::OK),
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(exit_code::FAILED);
+        }
+    }
+}
+
 fn main() {
+    // Lambda starts the bootstrap without arguments and with its runtime API address set.
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {
+        serve_lambda();
+    }
     let cli = Cli::parse();
     init_logs();
     if let Some(point) = cli.crash_at {
@@ -111,6 +157,7 @@ fn main() {
                 s3_path_style: args.s3.path_style(),
                 backfill,
                 compact: args.compact,
+                quiet: false,
             };
             match runtime.block_on(guardlake::run::run(config, options)) {
                 Ok(result) if result.all_ok() => exit_code::OK,

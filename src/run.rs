@@ -120,6 +120,8 @@ pub struct RunOptions {
     pub backfill: Option<Backfill>,
     /// Compact closed partitions after publishing.
     pub compact: bool,
+    /// Log the summary (JSON) instead of printing it on stdout (Lambda).
+    pub quiet: bool,
 }
 
 fn store_err(e: crate::sink::store::StoreError) -> RunError {
@@ -570,16 +572,18 @@ async fn collect_and_publish(
             info!(table = %m.table, dt = %m.dt, files_before = m.files_before, files_after = m.files_after, "Compacted.");
         }
     }
-    print!(
-        "{}",
-        report::summary(
-            run_id,
-            outcomes,
-            skipped,
-            &totals,
-            started.elapsed().as_secs_f64()
-        )
+    let summary = report::summary(
+        run_id,
+        outcomes,
+        skipped,
+        &totals,
+        started.elapsed().as_secs_f64(),
     );
+    if options.quiet {
+        info!(summary = %summary, "Run finished.");
+    } else {
+        print!("{summary}");
+    }
     Ok(())
 }
 

@@ -1,0 +1,215 @@
+//! The same binary as a Lambda function: started by Lambda (AWS_LAMBDA_RUNTIME_API is set), it
+//! serves invocations with lambda_runtime; each invocation is one `guardlake run` configured by
+//! the function's environment (the `GUARDLAKE_*` variables of `--help`), which the scheduled
+//! event's payload may override for one run. The run summary is returned, logged as JSON, and
+//! emitted as a CloudWatch embedded metric format line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ValidatedConfig};
+use crate::report::TargetOutcome;
+use crate::run::{Backfill, RunOptions};
+
+/// What a scheduled event may carry. Every member is optional; an empty payload runs as configured.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// Backfill window start (RFC 3339); needs `until`.
+    pub since: Option<String>,
+    /// Backfill window end (RFC 3339, exclusive).
+    pub until: Option<String>,
+    /// Accounts instead of the configured ones.
+    pub accounts: Option<Vec<String>>,
+    /// Regions instead of the configured ones.
+    pub regions: Option<Vec<String>>,
+}
+
+/// What an invocation returns.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub targets: usize,
+    pub targets_ok: usize,
+    pub targets_failed: usize,
+    pub findings_written: u64,
+    pub events_written: u64,
+    pub published: bool,
+    pub duration_ms: u64,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{text:?} is not RFC 3339: {e}"))
+}
+
+impl Payload {
+    /// The configuration of this invocation: the function's, with the payload's overrides.
+    pub fn apply(&self, base: Config) -> Result<(ValidatedConfig, Option<Backfill>), String> {
+        let overrides = Config {
+            accounts: self.accounts.clone(),
+            regions: self.regions.clone(),
+            ..Config::default()
+        };
+        let config = base
+            .overridden_by(overrides)
+            .validate()
+            .map_err(|e| e.to_string())?;
+        let backfill = match (&self.since, &self.until) {
+            (Some(since), Some(until)) => {
+                let (since_ms, until_ms) = (parse_time(since)?, parse_time(until)?);
+                if since_ms >= until_ms {
+                    return Err("since must be before until".into());
+                }
+                Some(Backfill { since_ms, until_ms })
+            }
+            (None, None) => None,
+            _ => return Err("since and until go together".into()),
+        };
+        Ok((config, backfill))
+    }
+}
+
+pub fn summarize(outcomes: &[TargetOutcome], published: bool, duration_ms: u64) -> Summary {
+    let ok = outcomes.iter().filter(|o| o.failure.is_none()).count();
+    let written = |source: &str| {
+        outcomes
+            .iter()
+            .filter(|o| o.source == source)
+            .map(|o| o.findings_written)
+            .sum()
+    };
+    Summary {
+        targets: outcomes.len(),
+        targets_ok: ok,
+        targets_failed: outcomes.len() - ok,
+        findings_written: written("guardduty"),
+        events_written: written("cloudtrail"),
+        published,
+        duration_ms,
+    }
+}
+
+/// One CloudWatch embedded-metric-format line for a run's summary.
+pub fn emf_line(summary: &Summary, timestamp_ms: i64) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "guardlake",
+                "Dimensions": [[]],
+                "Metrics": [
+                    {"Name": "TargetsOk", "Unit": "Count"},
+                    {"Name": "TargetsFailed", "Unit": "Count"},
+                    {"Name": "FindingsWritten", "Unit": "Count"},
+                    {"Name": "EventsWritten", "Unit": "Count"},
+                    {"Name": "Duration", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "TargetsOk": summary.targets_ok,
+        "TargetsFailed": summary.targets_failed,
+        "FindingsWritten": summary.findings_written,
+        "EventsWritten": summary.events_written,
+        "Duration": summary.duration_ms,
+    })
+    .to_string()
+}
+
+/// Serves invocations until Lambda stops the process.
+pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runtime::Error> {
+    let handler = lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let base = base.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let payload: Payload = match event.payload {
+                    serde_json::Value::Null => Payload::default(),
+                    // An EventBridge rule's "Scheduled Event" carries no overrides.
+                    serde_json::Value::Object(ref map)
+                        if map.is_empty() || map.contains_key("detail-type") =>
+                    {
+                        Payload::default()
+                    }
+                    // EventBridge Scheduler sends the target's Input as it is: it must be a Payload.
+                    value => serde_json::from_value(value).map_err(|e| {
+                        lambda_runtime::Error::from(format!("invalid event payload: {e}"))
+                    })?,
+                };
+                let (config, backfill) = payload.apply(base).map_err(|e| {
+                    lambda_runtime::Error::from(format!("invalid event payload: {e}"))
+                })?;
+                let options = RunOptions {
+                    s3_path_style,
+                    backfill,
+                    compact: false,
+                    quiet: true,
+                };
+                let result = crate::run::run(config, options)
+                    .await
+                    .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+                let summary = summarize(
+                    &result.outcomes,
+                    result.published,
+                    started.elapsed().as_millis() as u64,
+                );
+                println!(
+                    "{}",
+                    emf_line(&summary, chrono::Utc::now().timestamp_millis())
+                );
+                Ok::<Summary, lambda_runtime::Error>(summary)
+            }
+        },
+    );
+    lambda_runtime::run(handler).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_overrides_and_validates() {
+        let payload: Payload = serde_json::from_str(r#"{"regions":["eu-west-1"],"since":"2026-11-01T00:00:00Z","until":"2026-11-02T00:00:00Z"}"#).unwrap();
+        let (config, backfill) = payload.apply(Config::default()).unwrap();
+        assert_eq!(
+            config.regions,
+            crate::config::Regions::List(vec!["eu-west-1".into()])
+        );
+        assert_eq!(backfill.map(|b| b.until_ms - b.since_ms), Some(86_400_000));
+        let bad: Payload = serde_json::from_str(r#"{"regions":["nowhere"]}"#).unwrap();
+        assert!(bad
+            .apply(Config::default())
+            .unwrap_err()
+            .contains("regions"));
+        assert!(
+            serde_json::from_str::<Payload>(r#"{"region":"x"}"#).is_err(),
+            "unknown members are refused"
+        );
+    }
+
+    #[test]
+    fn emf_line_names_each_metric() {
+        let summary = Summary {
+            targets: 3,
+            targets_ok: 2,
+            targets_failed: 1,
+            findings_written: 7,
+            events_written: 0,
+            published: true,
+            duration_ms: 12,
+        };
+        let line: serde_json::Value = serde_json::from_str(&emf_line(&summary, 5)).unwrap();
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "guardlake"
+        );
+        assert_eq!(
+            (
+                line["TargetsOk"].as_u64(),
+                line["TargetsFailed"].as_u64(),
+                line["FindingsWritten"].as_u64()
+            ),
+            (Some(2), Some(1), Some(7))
+        );
+    }
+}

@@ -1,0 +1,97 @@
+"""The binary as a Lambda function, against a local Lambda Runtime API: an invocation runs the
+job (payload overrides applied), returns the summary and prints a CloudWatch EMF line; a bad
+payload is reported as the invocation's error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from conftest import ENDPOINT
+from seed import create_org, findings_for, seed_findings
+from test_collect import BINARY, query
+
+
+class Runtime:
+    """A minimal Lambda Runtime API: hands out the queued events, records the answers."""
+
+    def __init__(self, events: list[dict]):
+        self.events = list(events)
+        self.answers: dict[str, tuple[str, dict]] = {}
+        self.done = threading.Event()
+        runtime = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path != "/2018-06-01/runtime/invocation/next":
+                    self.send_error(404)
+                    return
+                if not runtime.events:
+                    runtime.done.set()
+                    time.sleep(30)  # no more work: the test stops the process
+                    return
+                request_id, event = runtime.events.pop(0)
+                body = json.dumps(event).encode()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int(time.time() * 1000) + 900_000))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:guardlake")
+                self.send_header("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                parts = self.path.strip("/").split("/")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                runtime.answers[parts[3]] = (parts[4], body)
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_binary_serves_lambda_invocations(tmp_path):
+    [account] = create_org(["lambda"])
+    seed_findings(account, "eu-west-1", findings_for(account, "eu-west-1", 5, datetime.now(timezone.utc) - timedelta(hours=2)))
+    runtime = Runtime([("req-1", {"regions": ["eu-west-1"]}), ("req-2", {"region": "typo"})])
+    lake = tmp_path / "lake"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job",
+        GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=account, GUARDLAKE_REGIONS="us-east-1,eu-west-1",
+    )  # fmt: skip
+    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runtime.done.wait(120), "the function asked for its next event after both"
+    finally:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=30)
+    kind, summary = runtime.answers["req-1"]
+    assert kind == "response", (summary, stderr[-2000:])
+    assert summary["findings_written"] == 5 and summary["targets"] == 1 and summary["targets_ok"] == 1, summary
+    assert query(lake, "runs", "select distinct region from runs") == [("eu-west-1",)], "the payload's regions won"
+    emf = [json.loads(line) for line in stdout.splitlines() if line.startswith("{") and '"_aws"' in line]
+    assert len(emf) == len(stdout.splitlines()), "stdout holds only EMF lines"
+    assert emf and emf[0]["FindingsWritten"] == 5, stdout[-2000:]
+    assert emf[0]["FindingsWritten"] == 5 and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "guardlake"
+    kind, error = runtime.answers["req-2"]
+    assert kind == "error" and "region" in json.dumps(error)
+    assert all(line.startswith("{") for line in stderr.splitlines() if line.strip()), "logs are JSON lines"
