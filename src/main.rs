@@ -28,8 +28,8 @@ fn init_logs() {
     }
 }
 
-/// The config file (if any) overridden by flags and environment, validated; exits 2 when bad.
-fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
+/// The config file (if any) overridden by flags and environment; exits 2 when unreadable.
+fn merged_config(file: Option<&Path>, flags: Config) -> Config {
     let base = match file {
         Some(path) => Config::from_file(path).unwrap_or_else(|err| {
             eprintln!("error: {err}");
@@ -37,10 +37,29 @@ fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
         }),
         None => Config::default(),
     };
-    base.overridden_by(flags).validate().unwrap_or_else(|err| {
+    base.overridden_by(flags)
+}
+
+/// A config, validated; exits 2 when bad.
+fn validated(config: Config) -> ValidatedConfig {
+    config.validate().unwrap_or_else(|err| {
         eprintln!("error: {err}");
         std::process::exit(exit_code::CONFIG);
     })
+}
+
+fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
+    validated(merged_config(file, flags))
+}
+
+fn async_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| {
+            eprintln!("error: cannot start the async runtime: {err}");
+            std::process::exit(exit_code::FAILED);
+        })
 }
 
 fn exit_for(err: &RunError) -> i32 {
@@ -92,26 +111,10 @@ fn serve_lambda() -> ! {
         );
         std::process::exit(exit_code::CONFIG);
     };
-    let base = match &args.config {
-        Some(path) => Config::from_file(path).unwrap_or_else(|err| {
-            eprintln!("error: {err}");
-            std::process::exit(exit_code::CONFIG);
-        }),
-        None => Config::default(),
-    }
-    .overridden_by(args.as_config());
+    let base = merged_config(args.config.as_deref(), args.as_config());
     // Fail the cold start, not every invocation, when the configuration is wrong.
-    if let Err(err) = base.clone().validate() {
-        eprintln!("error: {err}");
-        std::process::exit(exit_code::CONFIG);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|err| {
-            eprintln!("error: cannot start the async runtime: {err}");
-            std::process::exit(exit_code::FAILED);
-        });
+    validated(base.clone());
+    let runtime = async_runtime();
     match runtime.block_on(guardlake::lambda::serve(base, args.s3.path_style())) {
         Ok(()) => std::process::exit(exit_code::OK),
         Err(err) => {
@@ -131,13 +134,7 @@ fn main() {
     if let Some(point) = cli.crash_at {
         guardlake::state::set_crash_point(point);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|err| {
-            eprintln!("error: cannot start the async runtime: {err}");
-            std::process::exit(exit_code::FAILED);
-        });
+    let runtime = async_runtime();
     let code = match cli.command {
         Command::Schema(args) => print_schema(&args),
         Command::Run(args) => {

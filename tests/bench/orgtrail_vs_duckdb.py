@@ -1,7 +1,7 @@
 """`make bench` (org-trail part): guardlake's org-trail path against DuckDB on the same corpus,
 one thread each, at 1x and 10x; appends the numbers to bench/results.txt.
 
-DuckDB's side: read_json over the same .json.gz objects → the same cloudtrail_events columns →
+DuckDB's side: read_json_objects over the same .json.gz objects → the same cloudtrail_events columns →
 zstd Parquet partitioned by dt, `SET threads = 1`.
 """
 
@@ -32,7 +32,7 @@ COLUMNS = """
     TRY_CAST(r->'userIdentity'->'sessionContext'->'attributes'->>'mfaAuthenticated' AS BOOLEAN) AS mfa_authenticated,
     r->'userIdentity'->>'invokedBy' AS invoked_by, r->>'errorCode' AS error_code, r->>'errorMessage' AS error_message,
     TRY_CAST(r->>'readOnly' AS BOOLEAN) AS read_only, TRY_CAST(r->>'managementEvent' AS BOOLEAN) AS management_event,
-    list_transform(CAST(r->'resources' AS JSON[]), x -> concat_ws('|', x->>'type', x->>'ARN', x->>'accountId')) AS resources,
+    list_transform(CAST(r->'resources' AS JSON[]), lambda x: concat_ws('|', x->>'type', x->>'ARN', x->>'accountId')) AS resources,
     CAST(r->'requestParameters' AS VARCHAR) AS request_parameters, CAST(r->'responseElements' AS VARCHAR) AS response_elements,
     CAST(r->'additionalEventData' AS VARCHAR) AS additional_event_data, r->'tlsDetails'->>'tlsVersion' AS tls_version,
     r->>'vpcEndpointId' AS vpc_endpoint_id, CAST(r AS VARCHAR) AS raw, now() AS collected_at, 'bench' AS run_id
@@ -58,14 +58,16 @@ def duck(path: Path, records: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="duckdb-orgtrail-"))
     con = duckdb.connect()
     con.execute("SET threads = 1")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET memory_limit = '4GB'")
     started = time.perf_counter()
     con.execute(f"""
         COPY (
             SELECT *, strftime(event_time AT TIME ZONE 'UTC', '%Y-%m-%d') AS dt FROM (
                 SELECT {COLUMNS} FROM (
-                    SELECT unnest(Records) AS r
-                    FROM read_json('{path}/**/*.json.gz', columns = {{'Records': 'JSON[]'}}, compression = 'gzip',
-                                   format = 'auto', maximum_object_size = 536870912)
+                    SELECT unnest(CAST(json->'Records' AS JSON[])) AS r
+                    FROM read_json_objects('{path}/**/*.json.gz', format = 'unstructured', compression = 'gzip',
+                                           maximum_object_size = 67108864)
                 )
             )
         ) TO '{out}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt))
