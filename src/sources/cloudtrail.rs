@@ -8,7 +8,7 @@
 //! recorded in us-east-1. Every call waits on a per-(account, region) rate limiter (governor)
 //! that keeps below the limit; the SDK's retry backs off if a call is throttled anyway.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,7 +203,7 @@ pub async fn collect_account(
 ) -> AccountResult {
     let mut result = AccountResult::default();
     let published: HashSet<String> = state.published.iter().map(|(id, _)| id.clone()).collect();
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let client_for = |region: &str| {
         aws_sdk_cloudtrail::Client::from_conf(
             aws_sdk_cloudtrail::config::Builder::from(config)
@@ -212,60 +212,21 @@ pub async fn collect_account(
         )
     };
 
-    // Takes a looked-up record: quarantines it, or keeps it once per run (and never again once
-    // published). Returns its event id and time when usable.
+    // Takes a looked-up record: quarantined when bad, kept once per run and never again once
+    // published. Returns its event id, time and name when usable.
     let mut take = |result: &mut AccountResult,
                     region: &str,
                     raw: String,
                     parsed: Result<Value, String>|
-     -> Option<(String, i64, Option<String>, Option<String>)> {
-        let stats = result.regions.entry(region.to_owned()).or_default();
-        stats.read += 1;
-        let value = match parsed {
-            Ok(value) => value,
-            Err(reason) => {
-                stats.quarantined += 1;
-                result.bad.push(BadEvent {
-                    account_id: account_id.to_owned(),
-                    region: region.to_owned(),
-                    event_id: None,
-                    reason: format!("not JSON: {reason}"),
-                    raw,
-                });
-                return None;
-            }
-        };
-        match normalize(&value, raw) {
-            Ok(row) => {
-                let key = (
-                    row.event_id.clone(),
-                    row.event_time_ms,
-                    row.event_name.clone(),
-                    row.event_source.clone(),
-                );
-                if !published.contains(&row.event_id) && !seen.contains_key(&row.event_id) {
-                    stats.written += 1;
-                    seen.insert(row.event_id.clone(), result.rows.len());
-                    result.rows.push(row);
-                }
-                Some(key)
-            }
-            Err(reason) => {
-                stats.quarantined += 1;
-                let event_id = value
-                    .get("eventID")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                result.bad.push(BadEvent {
-                    account_id: account_id.to_owned(),
-                    region: region.to_owned(),
-                    event_id,
-                    reason: reason.to_string(),
-                    raw: value.to_string(),
-                });
-                None
-            }
-        }
+     -> Option<(String, i64, Option<String>)> {
+        let row = parse_record(result, account_id, region, None, raw, parsed)?;
+        let key = (
+            row.event_id.clone(),
+            row.event_time_ms,
+            row.event_name.clone(),
+        );
+        keep_once(result, &mut seen, &published, region, row);
+        Some(key)
     };
 
     // Watch-list, per region, since the region's watermark.
@@ -294,7 +255,7 @@ pub async fn collect_account(
             {
                 Ok(events) => {
                     for (raw, parsed) in events {
-                        if let Some((id, time, _, _)) = take(&mut result, region, raw, parsed) {
+                        if let Some((id, time, _)) = take(&mut result, region, raw, parsed) {
                             watch_hits.push((region.clone(), id, time));
                         }
                     }
@@ -359,7 +320,7 @@ pub async fn collect_account(
                         if global_only && !GLOBAL_SOURCES.contains(&source.as_str()) {
                             continue;
                         }
-                        if let Some((id, _, name, _)) = take(&mut result, &region, raw, parsed) {
+                        if let Some((id, _, name)) = take(&mut result, &region, raw, parsed) {
                             let why = if name.is_some() && name == finding.api {
                                 "api"
                             } else {
@@ -399,6 +360,59 @@ pub async fn collect_account(
         .collect();
     result.state = state;
     result
+}
+
+/// Counts a record read in `region` and normalizes it; a record that is not JSON, not an object,
+/// or lacks eventID / eventTime is quarantined with the reason (prefixed by `origin`, e.g. the
+/// object key it came from) and `None` is returned.
+pub fn parse_record(
+    result: &mut AccountResult,
+    account_id: &str,
+    region: &str,
+    origin: Option<&str>,
+    raw: String,
+    parsed: Result<Value, String>,
+) -> Option<EventRow> {
+    let stats = result.regions.entry(region.to_owned()).or_default();
+    stats.read += 1;
+    let prefix = origin.map(|o| format!("{o}: ")).unwrap_or_default();
+    let (event_id, reason, raw) = match parsed {
+        Err(reason) => (None, format!("{prefix}not JSON: {reason}"), raw),
+        Ok(value) => match normalize(&value, raw) {
+            Ok(row) => return Some(row),
+            Err(reason) => (
+                value
+                    .get("eventID")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                format!("{prefix}{reason}"),
+                value.to_string(),
+            ),
+        },
+    };
+    stats.quarantined += 1;
+    result.bad.push(BadEvent {
+        account_id: account_id.to_owned(),
+        region: region.to_owned(),
+        event_id,
+        reason,
+        raw,
+    });
+    None
+}
+
+/// Keeps a record once per run and never again once published, counting it as written.
+pub fn keep_once(
+    result: &mut AccountResult,
+    seen: &mut HashSet<String>,
+    published: &HashSet<String>,
+    region: &str,
+    row: EventRow,
+) {
+    if !published.contains(&row.event_id) && seen.insert(row.event_id.clone()) {
+        result.regions.entry(region.to_owned()).or_default().written += 1;
+        result.rows.push(row);
+    }
 }
 
 pub fn link(

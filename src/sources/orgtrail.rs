@@ -15,11 +15,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use super::cloudtrail::{
-    link, AccountResult, AccountState, BadEvent, Correlation, GLOBAL_REGION, GLOBAL_SOURCES,
-    RETENTION_MS,
+    keep_once, link, parse_record, AccountResult, AccountState, BadEvent, Correlation,
+    GLOBAL_REGION, GLOBAL_SOURCES, RETENTION_MS,
 };
 use crate::error::{TargetFailure, TargetStatus};
-use crate::normalize::cloudtrail::{normalize, EventRow, FindingEvent};
+use crate::normalize::cloudtrail::{EventRow, FindingEvent};
 use crate::sink::store::Store;
 
 /// Bytes decompressed per read.
@@ -303,49 +303,17 @@ pub fn take_object(
 ) {
     let mut links = Vec::new();
     let outcome = read_object(compressed, &mut |bytes, parsed| {
-        let stats = result.regions.entry(region.to_owned()).or_default();
-        stats.read += 1;
         let raw = String::from_utf8_lossy(bytes).into_owned();
-        let value = match parsed {
-            Ok(value) => value,
-            Err(reason) => {
-                stats.quarantined += 1;
-                result.bad.push(BadEvent {
-                    account_id: account_id.to_owned(),
-                    region: region.to_owned(),
-                    event_id: None,
-                    reason: format!("{key}: not JSON: {reason}"),
-                    raw,
-                });
-                return;
-            }
+        let Some(row) = parse_record(result, account_id, region, Some(key), raw, parsed) else {
+            return;
         };
-        match normalize(&value, raw) {
-            Ok(row) => {
-                if !(window.0..window.1).contains(&row.event_time_ms) {
-                    return;
-                }
-                let (keep, found) = rules.judge(&row);
-                if keep && !published.contains(&row.event_id) && seen.insert(row.event_id.clone()) {
-                    stats.written += 1;
-                    result.rows.push(row);
-                }
-                links.extend(found);
-            }
-            Err(reason) => {
-                stats.quarantined += 1;
-                let event_id = value
-                    .get("eventID")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                result.bad.push(BadEvent {
-                    account_id: account_id.to_owned(),
-                    region: region.to_owned(),
-                    event_id,
-                    reason: format!("{key}: {reason}"),
-                    raw: value.to_string(),
-                });
-            }
+        if !(window.0..window.1).contains(&row.event_time_ms) {
+            return;
+        }
+        let (keep, found) = rules.judge(&row);
+        links.extend(found);
+        if keep {
+            keep_once(result, seen, published, region, row);
         }
     });
     if let Err(reason) = outcome {
