@@ -13,25 +13,11 @@ use guardlake::normalize::guardduty::{normalize, RunStamp};
 use guardlake::sink::parquet::FindingsWriter;
 use guardlake::sources::guardduty::split_findings;
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| common::arg(&args, name);
     // `cargo bench` passes --bench; under `cargo test` this runs as a quick smoke test instead.
     let benchmarking = args.iter().any(|a| a == "--bench");
     let total: usize = if benchmarking {
@@ -61,7 +47,7 @@ fn main() {
         collected_at_ms: base_ms,
     };
     let mut writer = FindingsWriter::new(work.clone(), stamp, 64 << 20, 128 << 20);
-    let rss_before = peak_rss_kib();
+    let rss_before = common::peak_rss_kib();
     let mut timed = Duration::ZERO;
     let mut raw_bytes = 0usize;
     let mut written = 0usize;
@@ -124,7 +110,7 @@ fn main() {
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
         timed.as_secs_f64(),
-        peak_rss_kib() as f64 / 1024.0,
+        common::peak_rss_kib() as f64 / 1024.0,
         rss_before as f64 / 1024.0,
     );
     print!("{report}");

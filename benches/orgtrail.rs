@@ -15,17 +15,6 @@ use guardlake::normalize::guardduty::RunStamp;
 use guardlake::sink::parquet::PartitionWriter;
 use guardlake::sources::orgtrail::read_object;
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn objects(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -52,14 +41,11 @@ fn tiny_object() -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
+mod common;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| common::arg(&args, name);
     let benchmarking = args.iter().any(|a| a == "--bench");
     let files = match (benchmarking, arg("--corpus")) {
         (true, Some(dir)) => objects(Path::new(&dir)),
@@ -131,6 +117,6 @@ fn main() {
         parquet_bytes as f64 / 1048576.0,
         parquet.len(),
         records as f64 / seconds,
-        peak_rss_kib() as f64 / 1024.0
+        common::peak_rss_kib() as f64 / 1024.0
     );
 }
