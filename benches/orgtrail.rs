@@ -10,10 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use guardlake::normalize::cloudtrail::{normalize, EventRow};
+use guardlake::normalize::cloudtrail::{normalize_text, EventRow};
 use guardlake::normalize::guardduty::RunStamp;
 use guardlake::sink::parquet::PartitionWriter;
-use guardlake::sources::orgtrail::read_object;
+use guardlake::sources::orgtrail::{read_object, record_text};
 
 fn objects(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -69,13 +69,9 @@ fn main() {
     let started = Instant::now();
     let mut process = |bytes: &[u8]| {
         compressed += bytes.len() as u64;
-        let outcome = read_object(bytes, &mut |raw, parsed| {
+        let outcome = read_object(bytes, &mut |raw| {
             records += 1;
-            let Ok(value) = parsed else {
-                bad += 1;
-                return;
-            };
-            match normalize(&value, String::from_utf8_lossy(raw).into_owned()) {
+            match normalize_text(record_text(raw)) {
                 Ok(row) => {
                     let mut hasher = std::collections::hash_map::DefaultHasher::new();
                     row.event_id.hash(&mut hasher);

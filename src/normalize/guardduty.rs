@@ -292,36 +292,39 @@ pub struct RunStamp {
     pub collected_at_ms: i64,
 }
 
-/// Builds one `findings` RecordBatch from rows, columns in `schemas/findings.json` order.
-pub fn to_record_batch(
-    rows: &[FindingVersion],
+/// Builds one `findings` RecordBatch from rows (or references to rows), columns in
+/// `schemas/findings.json` order.
+pub fn to_record_batch<R: std::borrow::Borrow<FindingVersion>>(
+    rows: &[R],
     stamp: &RunStamp,
 ) -> Result<RecordBatch, ArrowError> {
     let schema = schema::findings().arrow_schema();
     let n = rows.len();
+    let rows = || rows.iter().map(|r| r.borrow());
     let strings = |f: &dyn Fn(&FindingVersion) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        rows.iter().for_each(|r| b.append_option(f(r)));
+        let bytes = rows().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(n, bytes);
+        rows().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
     let times = |f: &dyn Fn(&FindingVersion) -> Option<i64>| -> ArrayRef {
         let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        rows.iter().for_each(|r| b.append_option(f(r)));
+        rows().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
     let bools = |f: &dyn Fn(&FindingVersion) -> Option<bool>| -> ArrayRef {
         let mut b = BooleanBuilder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
+        rows().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
     let doubles = |f: &dyn Fn(&FindingVersion) -> Option<f64>| -> ArrayRef {
         let mut b = Float64Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
+        rows().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
     let ints = |f: &dyn Fn(&FindingVersion) -> Option<i32>| -> ArrayRef {
         let mut b = Int32Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
+        rows().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     };
 
@@ -346,7 +349,7 @@ pub fn to_record_batch(
             "archived" => bools(&|r| r.archived),
             "count" => {
                 let mut b = Int64Builder::with_capacity(n);
-                rows.iter().for_each(|r| b.append_option(r.count));
+                rows().for_each(|r| b.append_option(r.count));
                 Arc::new(b.finish())
             }
             "event_first_seen" => times(&|r| r.event_first_seen_ms),
@@ -363,7 +366,7 @@ pub fn to_record_batch(
                     true,
                 ));
                 let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-                for r in rows {
+                for r in rows() {
                     match &r.s3_bucket_names {
                         Some(names) => {
                             names.iter().for_each(|name| b.values().append_value(name));
@@ -397,7 +400,7 @@ pub fn to_record_batch(
             "collected_at" => times(&|_| Some(stamp.collected_at_ms)),
             "run_id" => {
                 let mut b = StringBuilder::with_capacity(n, n * stamp.run_id.len());
-                rows.iter().for_each(|_| b.append_value(&stamp.run_id));
+                rows().for_each(|_| b.append_value(&stamp.run_id));
                 Arc::new(b.finish())
             }
             other => {

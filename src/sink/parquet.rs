@@ -11,6 +11,7 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::normalize::cloudtrail::{events_batch, EventRow};
 use crate::normalize::guardduty::{to_record_batch, FindingVersion, RunStamp};
@@ -20,9 +21,42 @@ pub trait LakeRow: Sized {
     fn dt(&self) -> NaiveDate;
     /// Bytes the row holds in memory, roughly; the writer flushes by this.
     fn approx_bytes(&self) -> usize;
-    /// Order inside a row group: (account_id, region, time) so statistics prune.
-    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering;
-    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError>;
+    /// Order inside a row group: (account_id, region), then time, then id, so statistics prune.
+    fn sort_key(&self) -> SortKey<'_>;
+    fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError>;
+}
+
+/// Where a row goes inside its partition's file: by (account_id, region), then time, then id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SortKey<'a> {
+    pub group: (&'a str, &'a str),
+    pub time: i64,
+    pub id: &'a str,
+}
+
+/// The rows in `SortKey` order, as references. The few (account, region) groups are ranked
+/// once, so most comparisons are of integers, and no row is moved.
+pub fn sorted<R: LakeRow>(rows: &[R]) -> Vec<&R> {
+    let keys: Vec<SortKey<'_>> = rows.iter().map(R::sort_key).collect();
+    let mut groups: BTreeMap<(&str, &str), u32> = keys.iter().map(|k| (k.group, 0)).collect();
+    for (rank, value) in groups.values_mut().enumerate() {
+        *value = rank as u32;
+    }
+    let mut order: Vec<(u32, i64, u32)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (groups[&k.group], k.time, i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| keys[a.2 as usize].id.cmp(keys[b.2 as usize].id))
+            .then(a.2.cmp(&b.2))
+    });
+    order
+        .into_iter()
+        .map(|(_, _, i)| &rows[i as usize])
+        .collect()
 }
 
 impl LakeRow for FindingVersion {
@@ -32,15 +66,14 @@ impl LakeRow for FindingVersion {
     fn approx_bytes(&self) -> usize {
         FindingVersion::approx_bytes(self)
     }
-    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.account_id, &self.region, self.updated_at_ms, &self.id).cmp(&(
-            &other.account_id,
-            &other.region,
-            other.updated_at_ms,
-            &other.id,
-        ))
+    fn sort_key(&self) -> SortKey<'_> {
+        SortKey {
+            group: (&self.account_id, &self.region),
+            time: self.updated_at_ms,
+            id: &self.id,
+        }
     }
-    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
         to_record_batch(rows, stamp)
     }
 }
@@ -52,21 +85,14 @@ impl LakeRow for EventRow {
     fn approx_bytes(&self) -> usize {
         self.raw.len() * 2 + 256
     }
-    fn sort_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (
-            &self.account_id,
-            &self.region,
-            self.event_time_ms,
-            &self.event_id,
-        )
-            .cmp(&(
-                &other.account_id,
-                &other.region,
-                other.event_time_ms,
-                &other.event_id,
-            ))
+    fn sort_key(&self) -> SortKey<'_> {
+        SortKey {
+            group: (&self.account_id, &self.region),
+            time: self.event_time_ms,
+            id: &self.event_id,
+        }
     }
-    fn batch(rows: &[Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
         events_batch(rows, stamp)
     }
 }
@@ -74,14 +100,35 @@ impl LakeRow for EventRow {
 /// Rows per row group at most; smaller groups prune better, larger ones compress better.
 pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// The one set of writer properties: zstd, page-level statistics, `created_by` guardlake.
+/// The one set of writer properties: zstd, page-level statistics, `created_by` guardlake; the
+/// columns of whole records and request JSON plain, without statistics, at zstd level 1.
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_size(MAX_ROW_GROUP_ROWS)
-        .set_created_by(format!("guardlake {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_created_by(format!("guardlake {}", env!("CARGO_PKG_VERSION")));
+    // Text unique to each row: a dictionary would only be built to be dropped.
+    for column in ["id", "arn", "event_id"] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    // Whole records and request JSON: the bulk of the bytes, read only to see a record whole.
+    // Plain pages, no min/max statistics (nobody filters on them), zstd at its fastest level.
+    for column in [
+        "raw",
+        "request_parameters",
+        "response_elements",
+        "additional_event_data",
+    ] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
+            .set_column_compression(
+                ColumnPath::from(column),
+                Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+            );
+    }
+    builder.build()
 }
 
 /// Writes one RecordBatch as a complete Parquet file.
@@ -177,8 +224,8 @@ impl<R: LakeRow> PartitionWriter<R> {
     pub fn flush(&mut self) -> Result<(), parquet::errors::ParquetError> {
         let buffered = std::mem::take(&mut self.buffered);
         self.buffered_bytes = 0;
-        for (dt, mut rows) in buffered {
-            rows.sort_by(R::sort_cmp);
+        for (dt, rows) in buffered {
+            let rows = sorted(&rows);
             for chunk in rows.chunks(MAX_ROW_GROUP_ROWS) {
                 let batch = R::batch(chunk, &self.stamp)?;
                 let open = match self.open.entry(dt) {

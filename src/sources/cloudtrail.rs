@@ -17,10 +17,9 @@ use aws_sdk_cloudtrail::primitives::DateTime as SdkTime;
 use aws_sdk_cloudtrail::types::{LookupAttribute, LookupAttributeKey};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{classify, TargetFailure};
-use crate::normalize::cloudtrail::{normalize, EventRow, FindingEvent};
+use crate::normalize::cloudtrail::{normalize_text, BadRecord, EventRow, FindingEvent};
 
 /// LookupEvents' page limit.
 pub const PAGE_SIZE: i32 = 50;
@@ -146,7 +145,7 @@ async fn lookup(
     attribute: LookupAttributeKey,
     value: &str,
     window: (i64, i64),
-) -> Result<Vec<(String, Result<Value, String>)>, TargetFailure> {
+) -> Result<Vec<Result<EventRow, (BadRecord, String)>>, TargetFailure> {
     let attribute = LookupAttribute::builder()
         .attribute_key(attribute)
         .attribute_value(value)
@@ -178,8 +177,7 @@ async fn lookup(
         };
         for event in page.events() {
             let raw = event.cloud_trail_event().unwrap_or_default().to_owned();
-            let parsed = serde_json::from_str::<Value>(&raw).map_err(|e| e.to_string());
-            events.push((raw, parsed));
+            events.push(normalize_text(raw));
         }
     }
     Ok(events)
@@ -216,10 +214,9 @@ pub async fn collect_account(
     // published. Returns its event id, time and name when usable.
     let mut take = |result: &mut AccountResult,
                     region: &str,
-                    raw: String,
-                    parsed: Result<Value, String>|
+                    normalized: Result<EventRow, (BadRecord, String)>|
      -> Option<(String, i64, Option<String>)> {
-        let row = parse_record(result, account_id, region, None, raw, parsed)?;
+        let row = admit(result, account_id, region, None, normalized)?;
         let key = (
             row.event_id.clone(),
             row.event_time_ms,
@@ -254,8 +251,8 @@ pub async fn collect_account(
             .await
             {
                 Ok(events) => {
-                    for (raw, parsed) in events {
-                        if let Some((id, time, _)) = take(&mut result, region, raw, parsed) {
+                    for normalized in events {
+                        if let Some((id, time, _)) = take(&mut result, region, normalized) {
                             watch_hits.push((region.clone(), id, time));
                         }
                     }
@@ -309,18 +306,16 @@ pub async fn collect_account(
             .await
             {
                 Ok(events) => {
-                    for (raw, parsed) in events {
-                        let source = parsed
+                    for normalized in events {
+                        let global = normalized
                             .as_ref()
                             .ok()
-                            .and_then(|v| v.get("eventSource"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        if global_only && !GLOBAL_SOURCES.contains(&source.as_str()) {
+                            .and_then(|row| row.event_source.as_deref())
+                            .is_some_and(|source| GLOBAL_SOURCES.contains(&source));
+                        if global_only && !global {
                             continue;
                         }
-                        if let Some((id, _, name)) = take(&mut result, &region, raw, parsed) {
+                        if let Some((id, _, name)) = take(&mut result, &region, normalized) {
                             let why = if name.is_some() && name == finding.api {
                                 "api"
                             } else {
@@ -362,40 +357,39 @@ pub async fn collect_account(
     result
 }
 
-/// Counts a record read in `region` and normalizes it; a record that is not JSON, not an object,
-/// or lacks eventID / eventTime is quarantined with the reason (prefixed by `origin`, e.g. the
-/// object key it came from) and `None` is returned.
-pub fn parse_record(
+/// Counts a record read in `region`; a record that is not JSON, not an object, or lacks
+/// eventID / eventTime (`normalize_text`'s error) is quarantined whole with the reason
+/// (prefixed by `origin`, e.g. the object key it came from) and `None` is returned.
+pub fn admit(
     result: &mut AccountResult,
     account_id: &str,
     region: &str,
     origin: Option<&str>,
-    raw: String,
-    parsed: Result<Value, String>,
+    normalized: Result<EventRow, (BadRecord, String)>,
 ) -> Option<EventRow> {
     let stats = result.regions.entry(region.to_owned()).or_default();
     stats.read += 1;
-    let prefix = origin.map(|o| format!("{o}: ")).unwrap_or_default();
-    let (event_id, reason, raw) = match parsed {
-        Err(reason) => (None, format!("{prefix}not JSON: {reason}"), raw),
-        Ok(value) => match normalize(&value, raw) {
-            Ok(row) => return Some(row),
-            Err(reason) => (
-                value
-                    .get("eventID")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                format!("{prefix}{reason}"),
-                value.to_string(),
-            ),
-        },
+    let (reason, raw) = match normalized {
+        Ok(row) => return Some(row),
+        Err(bad) => bad,
     };
     stats.quarantined += 1;
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(rename = "eventID")]
+        event_id: Option<String>,
+    }
+    let event_id = serde_json::from_str::<Id>(&raw)
+        .ok()
+        .and_then(|id| id.event_id);
     result.bad.push(BadEvent {
         account_id: account_id.to_owned(),
         region: region.to_owned(),
         event_id,
-        reason,
+        reason: match origin {
+            Some(origin) => format!("{origin}: {reason}"),
+            None => reason.to_string(),
+        },
         raw,
     });
     None
