@@ -8,13 +8,25 @@ EMULATOR_PID := .emulator.pid
 EMULATOR_LOG := .emulator.log
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov pins its own boto3, so it lives in a venv of its own.
+CHECKOV_VENV := .venv-checkov
 CARGO ?= cargo
+# Packaging: cargo-zigbuild links against glibc 2.34 (Amazon Linux 2023) with zig from PyPI.
+TOOLS := .tools
+ZIGBUILD := $(TOOLS)/bin/cargo-zigbuild
+ZIGBUILD_VERSION := 0.24.1
+PACKAGE_TARGET := x86_64-unknown-linux-gnu
+GLIBC_MAX := 2.34
+DIST := dist
+# make deploy: where the package goes and what the stacks are called.
+STACK ?= guardlake
+CODE_KEY ?= guardlake/lambda-$(shell git rev-parse --short HEAD 2>/dev/null || echo dev).zip
 
 # The AWS SDK reads these; the fake credentials resolve to moto's default account 123456789012.
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra clean
+.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra package deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,7 +37,13 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed ## Create the Python venv of the test backend and checks
+$(CHECKOV_VENV)/.installed: tests/requirements-checkov.txt
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/requirements-checkov.txt
+	touch $@
+
+venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## Create the Python venvs of the test backend and checks
 
 build: ## Build guardlake (debug)
 	$(CARGO) build --all-targets
@@ -71,5 +89,25 @@ bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs Duc
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 	$(PY) tests/bench/orgtrail_vs_duckdb.py
 
-clean: emulator-stop ## Remove build output, the venv and the demo lake
-	rm -rf target $(VENV) lake
+$(ZIGBUILD):
+	$(CARGO) install cargo-zigbuild --locked --version $(ZIGBUILD_VERSION) --root $(TOOLS)
+
+package: venv $(ZIGBUILD) ## Build dist/bootstrap.zip for Lambda (provided.al2023, x86_64; glibc <= 2.34, checked)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(ZIGBUILD) zigbuild --release --bin guardlake --target $(PACKAGE_TARGET).$(GLIBC_MAX)
+	@mkdir -p $(DIST) && cp target/$(PACKAGE_TARGET)/release/guardlake $(DIST)/bootstrap
+	@tests/package/check_glibc.sh $(DIST)/bootstrap $(GLIBC_MAX)
+	@$(DIST)/bootstrap --version && $(DIST)/bootstrap --help >/dev/null && echo "bootstrap starts"
+	@rm -f $(DIST)/bootstrap.zip && cd $(DIST) && $(abspath $(PY)) -m zipfile -c bootstrap.zip bootstrap
+	@ls -l $(DIST)/bootstrap.zip
+
+deploy: package ## Package, upload and deploy the hub stack (needs AWS credentials; see README "Deploy")
+	@test -n "$(CODE_BUCKET)" || { echo "make deploy needs CODE_BUCKET=<bucket for the package> and EXTERNAL_ID=<id>" >&2; exit 2; }
+	@test -n "$(EXTERNAL_ID)" || { echo "make deploy needs EXTERNAL_ID=<the member roles' external id>" >&2; exit 2; }
+	aws s3 cp $(DIST)/bootstrap.zip s3://$(CODE_BUCKET)/$(CODE_KEY)
+	aws cloudformation deploy --stack-name $(STACK) --template-file infra/hub.yaml \
+	  --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
+	  --parameter-overrides CodeBucket=$(CODE_BUCKET) CodeKey=$(CODE_KEY) ExternalId=$(EXTERNAL_ID) $(PARAMS)
+	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+clean: emulator-stop ## Remove build output, the venvs, the package and the demo lake
+	rm -rf target $(VENV) $(CHECKOV_VENV) $(TOOLS) $(DIST) lake

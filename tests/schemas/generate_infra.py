@@ -1,5 +1,7 @@
 """Writes infra/hub.yaml from infra/hub.in.yaml: a Glue table per lake table (from schemas/*.json,
-partition projection on dt) and an Athena named query per infra/sql/*.sql file.
+partition projection on dt), an Athena named query per infra/sql/*.sql file, and for each file
+that starts `-- View NAME:` an Athena view (a Glue VIRTUAL_VIEW table in Athena's own format), so
+the views exist as soon as the stack is deployed.
 
 Usage: python tests/schemas/generate_infra.py [--check]
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -88,9 +91,72 @@ def named_queries() -> str:
     return "\n".join(out)
 
 
+def trino_type(hive: str) -> str:
+    """A Glue (Hive) column type as Trino names it in a view definition."""
+    scalar = {"string": "varchar", "int": "integer", "bigint": "bigint", "double": "double", "boolean": "boolean",
+              "timestamp": "timestamp(3)", "date": "date"}
+    if hive in scalar:
+        return scalar[hive]
+    inner = re.fullmatch(r"array<(.+)>", hive)
+    if inner:
+        return f"array({trino_type(inner[1])})"
+    raise ValueError(f"no Trino type for {hive}")
+
+
+# A view's columns past those of the table it reads: (name, Hive type).
+VIEW_EXTRA = {"findings_latest": [("version_rank", "bigint")]}
+
+
+def view_definition(path: Path) -> tuple[str, str, list[tuple[str, str]]]:
+    """(view name, its SELECT, its columns) from a `-- View NAME:` file: the columns of the one
+    table it reads (partition keys last), then VIEW_EXTRA."""
+    sql = path.read_text()
+    name = path.stem
+    select = re.split(r"CREATE OR REPLACE VIEW \w+ AS\s*", sql, maxsplit=1)[1].strip()
+    table = re.search(r"\bFROM (\w+) \w+\s*\)", select)[1]
+    definition = json.loads((ROOT / "schemas" / f"{table}.json").read_text())
+    columns = [(c["name"], c["type"]) for c in definition["columns"] + definition["partition_keys"]]
+    return name, select, columns + VIEW_EXTRA.get(name, [])
+
+
+def views() -> str:
+    out = []
+    for path in sorted((ROOT / "infra" / "sql").glob("*.sql")):
+        if not path.read_text().startswith("-- View "):
+            continue
+        name, select, columns = view_definition(path)
+        description = path.read_text().splitlines()[0].removeprefix("--").strip()
+        presto = {"originalSql": select, "catalog": "awsdatacatalog", "schema": "${GlueDatabase}",
+                  "columns": [{"name": c, "type": trino_type(t)} for c, t in columns], "owner": "guardlake", "runAsInvoker": False}
+        out += [
+            f"  {logical(name)}View:",
+            "    Type: AWS::Glue::Table",
+            "    DependsOn: " + logical(re.search(r"\bFROM (\w+) \w+\s*\)", select)[1]) + "Table",
+            "    Properties:",
+            "      CatalogId: !Ref AWS::AccountId",
+            "      DatabaseName: !Ref GlueDatabase",
+            "      TableInput:",
+            f"        Name: {name}",
+            f"        Description: {q(description[:2048])}",
+            "        TableType: VIRTUAL_VIEW",
+            "        Parameters:",
+            '          presto_view: "true"',
+            "          comment: Presto View",
+            f'        ViewOriginalText: !Join ["", ["/* Presto View: ", !Base64 {{"Fn::Sub": {q(json.dumps(presto, separators=(",", ":")))}}}, " */"]]',
+            "        ViewExpandedText: /* Presto View */",
+            "        StorageDescriptor:",
+            "          SerdeInfo: {}",
+            "          Columns:",
+        ]
+        for column, kind in columns:
+            out += [f"            - Name: {column}", f"              Type: {kind}"]
+        out.append("")
+    return "\n".join(out)
+
+
 def render() -> str:
     text = SOURCE.read_text()
-    text = text.replace("# @glue-tables\n", glue_tables())
+    text = text.replace("# @glue-tables\n", glue_tables() + "\n" + views())
     return text.replace("# @named-queries\n", named_queries())
 
 
