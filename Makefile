@@ -92,13 +92,19 @@ bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs Duc
 $(ZIGBUILD):
 	$(CARGO) install cargo-zigbuild --locked --version $(ZIGBUILD_VERSION) --root $(TOOLS)
 
-package: venv $(ZIGBUILD) ## Build dist/bootstrap.zip for Lambda (provided.al2023, x86_64; glibc <= 2.34, checked)
+package: venv $(ZIGBUILD) ## Build dist/bootstrap.zip for Lambda (provided.al2023, x86_64), check glibc <= 2.34, run it as a Lambda
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(ZIGBUILD) zigbuild --release --bin guardlake --target $(PACKAGE_TARGET).$(GLIBC_MAX)
 	@mkdir -p $(DIST) && cp target/$(PACKAGE_TARGET)/release/guardlake $(DIST)/bootstrap
 	@tests/package/check_glibc.sh $(DIST)/bootstrap $(GLIBC_MAX)
 	@$(DIST)/bootstrap --version && $(DIST)/bootstrap --help >/dev/null && echo "bootstrap starts"
 	@rm -f $(DIST)/bootstrap.zip && cd $(DIST) && $(abspath $(PY)) -m zipfile -c bootstrap.zip bootstrap
 	@ls -l $(DIST)/bootstrap.zip
+	@rm -rf $(DIST)/unpacked && $(PY) tests/package/unpack.py $(DIST)/bootstrap.zip $(DIST)/unpacked
+	@echo "the packaged bootstrap serves Lambda invocations (local Runtime API, local AWS backend):"
+	@$(MAKE) --no-print-directory emulator
+	@set -o pipefail; status=0; \
+	  $(AWS_ENV) GUARDLAKE_BIN=$(abspath $(DIST))/unpacked/bootstrap $(PY) -m pytest -q tests/py/test_lambda.py || status=$$?; \
+	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 deploy: package ## Package, upload and deploy the hub stack (needs AWS credentials; see README "Deploy")
 	@test -n "$(CODE_BUCKET)" || { echo "make deploy needs CODE_BUCKET=<bucket for the package> and EXTERNAL_ID=<id>" >&2; exit 2; }
