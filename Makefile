@@ -20,13 +20,15 @@ GLIBC_MAX := 2.34
 DIST := dist
 # make deploy: where the package goes and what the stacks are called.
 STACK ?= guardlake
+# make deploy-members: IAM is global, so the StackSet needs one region only.
+MEMBER_REGION ?= us-east-1
 CODE_KEY ?= guardlake/lambda-$(shell git rev-parse --short HEAD 2>/dev/null || echo dev).zip
 
 # The AWS SDK reads these; the fake credentials resolve to moto's default account 123456789012.
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra package deploy clean
+.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra package deploy deploy-preflight deploy-members clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -106,14 +108,33 @@ package: venv $(ZIGBUILD) ## Build dist/bootstrap.zip for Lambda (provided.al202
 	  $(AWS_ENV) GUARDLAKE_BIN=$(abspath $(DIST))/unpacked/bootstrap $(PY) -m pytest -q tests/py/test_lambda.py || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
-deploy: package ## Package, upload and deploy the hub stack (needs AWS credentials; see README "Deploy")
+deploy-preflight:
+	@command -v aws >/dev/null || { echo "make deploy needs the AWS CLI (aws) with credentials of the hub account" >&2; exit 2; }
 	@test -n "$(CODE_BUCKET)" || { echo "make deploy needs CODE_BUCKET=<bucket for the package> and EXTERNAL_ID=<id>" >&2; exit 2; }
 	@test -n "$(EXTERNAL_ID)" || { echo "make deploy needs EXTERNAL_ID=<the member roles' external id>" >&2; exit 2; }
+
+deploy: deploy-preflight package ## Package, upload and deploy the hub stack (needs AWS credentials; see README "Deploy")
 	aws s3 cp $(DIST)/bootstrap.zip s3://$(CODE_BUCKET)/$(CODE_KEY)
 	aws cloudformation deploy --stack-name $(STACK) --template-file infra/hub.yaml \
 	  --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
 	  --parameter-overrides CodeBucket=$(CODE_BUCKET) CodeKey=$(CODE_KEY) ExternalId=$(EXTERNAL_ID) $(PARAMS)
 	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+deploy-members: ## Deploy infra/member-role.yaml to OUs as a service-managed StackSet (management-account credentials)
+	@command -v aws >/dev/null || { echo "make deploy-members needs the AWS CLI (aws) with credentials" >&2; exit 2; }
+	@test -n "$(HUB_ACCOUNT)" -a -n "$(EXTERNAL_ID)" -a -n "$(TARGET_OUS)" || { \
+	  echo "make deploy-members needs HUB_ACCOUNT=<hub account id> EXTERNAL_ID=<id> TARGET_OUS=<r-xxxx or ou-... ids, comma-separated>" >&2; exit 2; }
+	@params="ParameterKey=HubAccountId,ParameterValue=$(HUB_ACCOUNT) ParameterKey=ExternalId,ParameterValue=$(EXTERNAL_ID)"; \
+	if aws cloudformation describe-stack-set --stack-set-name $(STACK)-member-role >/dev/null 2>&1; then \
+	  aws cloudformation update-stack-set --stack-set-name $(STACK)-member-role --template-body file://infra/member-role.yaml \
+	    --capabilities CAPABILITY_NAMED_IAM --parameters $$params; \
+	else \
+	  aws cloudformation create-stack-set --stack-set-name $(STACK)-member-role --template-body file://infra/member-role.yaml \
+	    --capabilities CAPABILITY_NAMED_IAM --permission-model SERVICE_MANAGED \
+	    --auto-deployment Enabled=true,RetainStacksOnAccountRemoval=false --parameters $$params && \
+	  aws cloudformation create-stack-instances --stack-set-name $(STACK)-member-role \
+	    --deployment-targets OrganizationalUnitIds=$(TARGET_OUS) --regions $(MEMBER_REGION); \
+	fi
 
 clean: emulator-stop ## Remove build output, the venvs, the package and the demo lake
 	rm -rf target $(VENV) $(CHECKOV_VENV) $(TOOLS) $(DIST) lake
