@@ -100,15 +100,28 @@ fn json_text(value: &Value, pointer: &str) -> Option<String> {
 /// The user name LookupEvents reports: the IAM user, the role session, root, or the service.
 pub fn user_name(record: &Value) -> Option<String> {
     let identity = record.get("userIdentity")?;
-    if let Some(name) = text(identity, "/userName") {
-        return Some(name);
-    }
-    match identity.get("type").and_then(Value::as_str) {
+    text(identity, "/userName").or_else(|| {
+        user_name_by_type(
+            identity.get("type").and_then(Value::as_str),
+            text(identity, "/arn").as_deref(),
+            text(identity, "/invokedBy").as_deref(),
+        )
+    })
+}
+
+/// The user name of an identity without `userName`: root, the role session (the ARN's last
+/// part), or the service that acted.
+fn user_name_by_type(
+    identity_type: Option<&str>,
+    arn: Option<&str>,
+    invoked_by: Option<&str>,
+) -> Option<String> {
+    match identity_type {
         Some("Root") => Some("root".into()),
         Some("AssumedRole") | Some("FederatedUser") => {
-            text(identity, "/arn").and_then(|a| a.rsplit('/').next().map(str::to_owned))
+            arn.and_then(|a| a.rsplit('/').next().map(str::to_owned))
         }
-        Some("AWSService") => text(identity, "/invokedBy"),
+        Some("AWSService") => invoked_by.map(str::to_owned),
         _ => None,
     }
 }
@@ -408,13 +421,12 @@ fn from_wire(wire: &Wire<'_>) -> Option<Result<EventRow, BadRecord>> {
     let identity_type = id(|i| i.kind);
     let identity_arn = id(|i| i.arn);
     let invoked_by = id(|i| i.invoked_by);
-    let user_name = id(|i| i.user_name).or_else(|| match identity_type.as_deref() {
-        Some("Root") => Some("root".into()),
-        Some("AssumedRole") | Some("FederatedUser") => identity_arn
-            .as_deref()
-            .and_then(|a| a.rsplit('/').next().map(str::to_owned)),
-        Some("AWSService") => invoked_by.clone(),
-        _ => None,
+    let user_name = id(|i| i.user_name).or_else(|| {
+        user_name_by_type(
+            identity_type.as_deref(),
+            identity_arn.as_deref(),
+            invoked_by.as_deref(),
+        )
     });
     let session = identity.and_then(|i| i.session_context.as_ref());
     let resources = wire.resources.as_ref().map(|list| {

@@ -71,17 +71,21 @@ def glue_tables() -> str:
     return "\n".join(out)
 
 
+def description(sql: str) -> str:
+    """A SQL file's first line, its comment: what the query or view answers."""
+    return sql.splitlines()[0].removeprefix("--").strip()
+
+
 def named_queries() -> str:
     out = []
     for path in sorted((ROOT / "infra" / "sql").glob("*.sql")):
         sql = path.read_text()
-        description = sql.splitlines()[0].removeprefix("--").strip()
         out += [
             f"  {logical(path.stem)}Query:",
             "    Type: AWS::Athena::NamedQuery",
             "    Properties:",
             f"      Name: {path.stem}",
-            f"      Description: {q(description[:1024])}",
+            f"      Description: {q(description(sql)[:1024])}",
             "      Database: !Ref GlueDatabase",
             "      WorkGroup: !Ref AthenaWorkGroup",
             "      QueryString: |",
@@ -107,37 +111,36 @@ def trino_type(hive: str) -> str:
 VIEW_EXTRA = {"findings_latest": [("version_rank", "bigint")]}
 
 
-def view_definition(path: Path) -> tuple[str, str, list[tuple[str, str]]]:
-    """(view name, its SELECT, its columns) from a `-- View NAME:` file: the columns of the one
-    table it reads (partition keys last), then VIEW_EXTRA."""
-    sql = path.read_text()
-    name = path.stem
+def view_definition(name: str, sql: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(its SELECT, the one table it reads, its columns) from the file of view `name`: the
+    columns of that table (partition keys last), then VIEW_EXTRA."""
     select = re.split(r"CREATE OR REPLACE VIEW \w+ AS\s*", sql, maxsplit=1)[1].strip()
     table = re.search(r"\bFROM (\w+) \w+\s*\)", select)[1]
     definition = json.loads((ROOT / "schemas" / f"{table}.json").read_text())
     columns = [(c["name"], c["type"]) for c in definition["columns"] + definition["partition_keys"]]
-    return name, select, columns + VIEW_EXTRA.get(name, [])
+    return select, table, columns + VIEW_EXTRA.get(name, [])
 
 
 def views() -> str:
     out = []
     for path in sorted((ROOT / "infra" / "sql").glob("*.sql")):
-        if not path.read_text().startswith("-- View "):
+        sql = path.read_text()
+        if not sql.startswith("-- View "):
             continue
-        name, select, columns = view_definition(path)
-        description = path.read_text().splitlines()[0].removeprefix("--").strip()
+        name = path.stem
+        select, table, columns = view_definition(name, sql)
         presto = {"originalSql": select, "catalog": "awsdatacatalog", "schema": "${GlueDatabase}",
                   "columns": [{"name": c, "type": trino_type(t)} for c, t in columns], "owner": "guardlake", "runAsInvoker": False}
         out += [
             f"  {logical(name)}View:",
             "    Type: AWS::Glue::Table",
-            "    DependsOn: " + logical(re.search(r"\bFROM (\w+) \w+\s*\)", select)[1]) + "Table",
+            f"    DependsOn: {logical(table)}Table",
             "    Properties:",
             "      CatalogId: !Ref AWS::AccountId",
             "      DatabaseName: !Ref GlueDatabase",
             "      TableInput:",
             f"        Name: {name}",
-            f"        Description: {q(description[:2048])}",
+            f"        Description: {q(description(sql)[:2048])}",
             "        TableType: VIRTUAL_VIEW",
             "        Parameters:",
             '          presto_view: "true"',
