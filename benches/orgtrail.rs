@@ -1,7 +1,7 @@
 //! `make bench` (org-trail part): the org-trail path on a generated corpus, one thread:
 //! stream-decompress each `.json.gz` object, split records, parse, normalize, dedupe on
 //! eventID, encode zstd Parquet partitioned by dt. Prints one JSON line with the numbers.
-//! Usage: cargo bench --bench orgtrail -- --corpus DIR
+//! Usage: cargo bench --bench orgtrail -- --corpus DIR [--stages]
 //! Under `cargo test` (no --bench) it runs on a tiny in-memory object as a smoke test.
 
 use std::collections::HashSet;
@@ -55,6 +55,31 @@ fn main() {
         }
         (false, _) => Vec::new(),
     };
+    // --stages: time the first stages alone first (inflate + split; then + parse), so the
+    // report shows where the time goes. Each is a full pass over the corpus.
+    let stages = if benchmarking && args.iter().any(|a| a == "--stages") {
+        let pass = |parse: bool| {
+            let started = Instant::now();
+            for file in &files {
+                let bytes = std::fs::read(file).unwrap();
+                let _ = read_object(&bytes, &mut |raw| {
+                    if parse {
+                        let _ = std::hint::black_box(normalize_text(&record_text(raw)));
+                    } else {
+                        std::hint::black_box(raw);
+                    }
+                });
+            }
+            started.elapsed().as_secs_f64()
+        };
+        format!(
+            ",\"stage_inflate_split_seconds\":{:.3},\"stage_inflate_split_parse_seconds\":{:.3}",
+            pass(false),
+            pass(true)
+        )
+    } else {
+        String::new()
+    };
     let work =
         std::env::temp_dir().join(format!("guardlake-orgtrail-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
@@ -71,10 +96,10 @@ fn main() {
         compressed += bytes.len() as u64;
         let outcome = read_object(bytes, &mut |raw| {
             records += 1;
-            match normalize_text(record_text(raw)) {
+            match normalize_text(&record_text(raw)) {
                 Ok(row) => {
                     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    row.event_id.hash(&mut hasher);
+                    row.event_id().hash(&mut hasher);
                     if seen.insert(hasher.finish()) {
                         written += 1;
                         writer.push(row).unwrap();
@@ -107,7 +132,7 @@ fn main() {
         "every kept record encoded once"
     );
     println!(
-        "{{\"objects\":{},\"records\":{records},\"written\":{written},\"bad\":{bad},\"compressed_mib\":{:.1},\"parquet_mib\":{:.1},\"files\":{},\"seconds\":{seconds:.3},\"records_per_sec\":{:.0},\"peak_rss_mib\":{:.1}}}",
+        "{{\"objects\":{},\"records\":{records},\"written\":{written},\"bad\":{bad},\"compressed_mib\":{:.1},\"parquet_mib\":{:.1},\"files\":{},\"seconds\":{seconds:.3},\"records_per_sec\":{:.0},\"peak_rss_mib\":{:.1}{stages}}}",
         files.len().max(1),
         compressed as f64 / 1048576.0,
         parquet_bytes as f64 / 1048576.0,

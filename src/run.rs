@@ -743,7 +743,24 @@ async fn collect_cloudtrail(
         checkpoints: Vec::new(),
         files: Vec::new(),
     };
-    let mut rows = Vec::new();
+    let stamp = RunStamp {
+        run_id: run_id.to_owned(),
+        collected_at_ms: run_start_ms,
+    };
+    // Its own directory: the findings writer names its files the same way.
+    let events_dir = work_dir.join("cloudtrail_events");
+    std::fs::create_dir_all(&events_dir).map_err(|e| RunError::Store {
+        key: events_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut events = pq::PartitionWriter::<EventRow>::new(
+        events_dir,
+        stamp.clone(),
+        config.flush_bytes,
+        config.target_file_bytes,
+    );
+    let encode = |e: parquet::errors::ParquetError| RunError::Encode(e.to_string());
+    let mut kept = 0usize;
     let mut links = Vec::new();
     let mut bad = Vec::new();
     let mut seen = HashSet::new();
@@ -796,42 +813,23 @@ async fn collect_cloudtrail(
                     body,
                     expected: tag,
                 });
-                rows.extend(
-                    collected
-                        .rows
-                        .into_iter()
-                        .filter(|r| seen.insert(r.event_id.clone())),
-                );
+                for row in collected.rows {
+                    if seen.insert(row.event_id().to_owned()) {
+                        kept += 1;
+                        events.push(row).map_err(encode)?;
+                    }
+                }
                 links.extend(collected.links);
                 bad.extend(collected.bad);
             }
         }
     }
-    rows.sort_by(|a, b| {
-        (&a.account_id, &a.region, a.event_time_ms, &a.event_id).cmp(&(
-            &b.account_id,
-            &b.region,
-            b.event_time_ms,
-            &b.event_id,
-        ))
-    });
     links.sort();
-    let stamp = RunStamp {
-        run_id: run_id.to_owned(),
-        collected_at_ms: run_start_ms,
-    };
-    for (day, path, name) in pq::write_by_dt(
-        &rows,
-        EventRow::dt,
-        |group| cloudtrail::events_batch(group, &stamp),
-        work_dir,
-        &format!("{run_id}-events"),
-    )
-    .map_err(RunError::Encode)?
-    {
-        output
-            .files
-            .push((path, format!("cloudtrail_events/dt={day}/{name}")));
+    for file in events.finish().map_err(encode)? {
+        output.files.push((
+            file.path,
+            format!("cloudtrail_events/dt={}/{}", file.dt, file.name),
+        ));
     }
     for (day, path, name) in pq::write_by_dt(
         &links,
@@ -870,7 +868,7 @@ async fn collect_cloudtrail(
         ));
     }
     info!(
-        events = rows.len(),
+        events = kept,
         links = links.len(),
         "Collected CloudTrail events."
     );

@@ -18,39 +18,117 @@ use serde_json::Value;
 use super::guardduty::{parse_iso_ms, RunStamp};
 use super::schema;
 
-/// One CloudTrail event, typed. Field names are the `cloudtrail_events` column names.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Declares the text columns: the `Text` names, their column names, and an accessor for each.
+macro_rules! text_columns {
+    (
+        required { $($req:ident => $req_fn:ident, $req_col:literal;)* }
+        optional { $($opt:ident => $opt_fn:ident, $opt_col:literal;)* }
+    ) => {
+        /// The text columns of `cloudtrail_events`, apart from `raw` and `resources`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Text {
+            $($req,)*
+            $($opt,)*
+        }
+
+        impl Text {
+            pub const ALL: &'static [Text] = &[$(Text::$req,)* $(Text::$opt,)*];
+
+            /// The column's name in `schemas/cloudtrail_events.json`.
+            pub fn column(self) -> &'static str {
+                match self {
+                    $(Text::$req => $req_col,)*
+                    $(Text::$opt => $opt_col,)*
+                }
+            }
+
+            pub fn of_column(name: &str) -> Option<Text> {
+                match name {
+                    $($req_col => Some(Text::$req),)*
+                    $($opt_col => Some(Text::$opt),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl EventRow {
+            $(
+                #[doc = concat!("`", $req_col, "` (empty when the record has none).")]
+                pub fn $req_fn(&self) -> &str {
+                    self.text(Text::$req).unwrap_or_default()
+                }
+            )*
+            $(
+                #[doc = concat!("`", $opt_col, "`.")]
+                pub fn $opt_fn(&self) -> Option<&str> {
+                    self.text(Text::$opt)
+                }
+            )*
+        }
+    };
+}
+
+text_columns! {
+    required {
+        EventId => event_id, "event_id";
+        AccountId => account_id, "account_id";
+        Region => region, "region";
+    }
+    optional {
+        EventVersion => event_version, "event_version";
+        EventSource => event_source, "event_source";
+        EventName => event_name, "event_name";
+        EventType => event_type, "event_type";
+        EventCategory => event_category, "event_category";
+        SourceIp => source_ip, "source_ip";
+        UserAgent => user_agent, "user_agent";
+        IdentityType => identity_type, "identity_type";
+        IdentityArn => identity_arn, "identity_arn";
+        PrincipalId => principal_id, "principal_id";
+        AccessKeyId => access_key_id, "access_key_id";
+        UserName => user_name, "user_name";
+        SessionIssuerArn => session_issuer_arn, "session_issuer_arn";
+        InvokedBy => invoked_by, "invoked_by";
+        ErrorCode => error_code, "error_code";
+        ErrorMessage => error_message, "error_message";
+        RequestParameters => request_parameters, "request_parameters";
+        ResponseElements => response_elements, "response_elements";
+        AdditionalEventData => additional_event_data, "additional_event_data";
+        TlsVersion => tls_version, "tls_version";
+        VpcEndpointId => vpc_endpoint_id, "vpc_endpoint_id";
+    }
+}
+
+const TEXTS: usize = 24;
+
+/// Where a column's text is in the row's buffer; `start == u32::MAX` is no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    const NONE: Span = Span {
+        start: u32::MAX,
+        len: 0,
+    };
+}
+
+/// One CloudTrail event. Its text is one buffer: the record as delivered (`raw`), followed by
+/// the little text the columns need that is not a slice of the record (unescaped strings,
+/// compacted JSON, `resources` entries). Columns are spans of that buffer, read by name
+/// (`row.event_name()`), so a row is one allocation however many columns it fills.
+#[derive(Clone)]
 pub struct EventRow {
-    pub event_id: String,
+    text: String,
+    raw_len: u32,
+    spans: [Span; TEXTS],
+    resources: Option<Vec<Span>>,
     pub event_time_ms: i64,
-    pub event_version: Option<String>,
-    pub event_source: Option<String>,
-    pub event_name: Option<String>,
-    pub event_type: Option<String>,
-    pub event_category: Option<String>,
-    pub account_id: String,
-    pub region: String,
-    pub source_ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub identity_type: Option<String>,
-    pub identity_arn: Option<String>,
-    pub principal_id: Option<String>,
-    pub access_key_id: Option<String>,
-    pub user_name: Option<String>,
-    pub session_issuer_arn: Option<String>,
     pub mfa_authenticated: Option<bool>,
-    pub invoked_by: Option<String>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
     pub read_only: Option<bool>,
     pub management_event: Option<bool>,
-    pub resources: Option<Vec<String>>,
-    pub request_parameters: Option<String>,
-    pub response_elements: Option<String>,
-    pub additional_event_data: Option<String>,
-    pub tls_version: Option<String>,
-    pub vpc_endpoint_id: Option<String>,
-    pub raw: String,
 }
 
 /// Why a record could not be used; it is quarantined with this reason.
@@ -71,6 +149,172 @@ impl EventRow {
         DateTime::<Utc>::from_timestamp_millis(self.event_time_ms)
             .map(|t| t.date_naive())
             .unwrap_or_default()
+    }
+
+    /// A text column's value.
+    pub fn text(&self, column: Text) -> Option<&str> {
+        self.at(self.spans[column as usize])
+    }
+
+    fn at(&self, span: Span) -> Option<&str> {
+        if span.start == u32::MAX {
+            return None;
+        }
+        let start = span.start as usize;
+        self.text.get(start..start + span.len as usize)
+    }
+
+    /// The length of a text column's value (0 when it has none), without reading the text.
+    pub fn text_len(&self, column: Text) -> usize {
+        let span = self.spans[column as usize];
+        if span.start == u32::MAX {
+            0
+        } else {
+            span.len as usize
+        }
+    }
+
+    /// The record's JSON text as delivered.
+    pub fn raw(&self) -> &str {
+        &self.text[..self.raw_len as usize]
+    }
+
+    /// `resources`: one `type|ARN|accountId` entry per resource.
+    pub fn resources(&self) -> Option<Vec<&str>> {
+        let spans = self.resources.as_ref()?;
+        Some(
+            spans
+                .iter()
+                .map(|s| self.at(*s).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// Bytes the row holds, roughly.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.text.capacity()
+            + self.resources.as_ref().map_or(0, |r| r.len() * 8)
+    }
+}
+
+impl PartialEq for EventRow {
+    fn eq(&self, other: &Self) -> bool {
+        Text::ALL.iter().all(|&t| self.text(t) == other.text(t))
+            && self.raw() == other.raw()
+            && self.resources() == other.resources()
+            && (
+                self.event_time_ms,
+                self.mfa_authenticated,
+                self.read_only,
+                self.management_event,
+            ) == (
+                other.event_time_ms,
+                other.mfa_authenticated,
+                other.read_only,
+                other.management_event,
+            )
+    }
+}
+
+impl std::fmt::Debug for EventRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("EventRow");
+        for &t in Text::ALL {
+            s.field(t.column(), &self.text(t));
+        }
+        s.field("event_time_ms", &self.event_time_ms)
+            .field("mfa_authenticated", &self.mfa_authenticated)
+            .field("read_only", &self.read_only)
+            .field("management_event", &self.management_event)
+            .field("resources", &self.resources())
+            .field("raw", &self.raw())
+            .finish()
+    }
+}
+
+/// A row being filled. Text that lies inside the record (found by address) is kept as a span
+/// of it; any other text is collected after it.
+struct Draft {
+    base: usize,
+    raw_len: usize,
+    extra: String,
+    spans: [Span; TEXTS],
+    resources: Option<Vec<Span>>,
+}
+
+thread_local! {
+    /// The buffer a draft collects its extra text in, reused from row to row.
+    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// Spans of text collected after the record carry this bit until `finish` places them.
+const EXTRA: u32 = 1 << 31;
+
+impl Draft {
+    fn new(raw: &str) -> Self {
+        let mut extra = SCRATCH.take();
+        extra.clear();
+        Self {
+            base: raw.as_ptr() as usize,
+            raw_len: raw.len(),
+            extra,
+            spans: [Span::NONE; TEXTS],
+            resources: None,
+        }
+    }
+
+    fn span(&mut self, text: &str) -> Span {
+        let at = (text.as_ptr() as usize).wrapping_sub(self.base);
+        if at <= self.raw_len && text.len() <= self.raw_len - at && self.raw_len < EXTRA as usize {
+            Span {
+                start: at as u32,
+                len: text.len() as u32,
+            }
+        } else {
+            let start = self.extra.len() as u32 | EXTRA;
+            self.extra.push_str(text);
+            Span {
+                start,
+                len: text.len() as u32,
+            }
+        }
+    }
+
+    fn set(&mut self, column: Text, value: Option<&str>) {
+        if let Some(value) = value {
+            self.spans[column as usize] = self.span(value);
+        }
+    }
+
+    /// The row, with `raw` as its buffer's start: the very text the draft was made from (its
+    /// spans are offsets into it), or any text when the draft was made from "" (it holds all
+    /// its text itself).
+    fn finish(self, raw: &str, event_time_ms: i64, flags: [Option<bool>; 3]) -> EventRow {
+        let place = |mut span: Span| {
+            if span.start != u32::MAX && span.start & EXTRA != 0 {
+                span.start = (span.start & !EXTRA) + raw.len() as u32;
+            }
+            span
+        };
+        let spans = self.spans.map(place);
+        let resources = self
+            .resources
+            .map(|list| list.into_iter().map(place).collect());
+        let mut text = String::with_capacity(raw.len() + self.extra.len());
+        text.push_str(raw);
+        text.push_str(&self.extra);
+        SCRATCH.set(self.extra);
+        EventRow {
+            text,
+            raw_len: raw.len() as u32,
+            spans,
+            resources,
+            event_time_ms,
+            mfa_authenticated: flags[0],
+            read_only: flags[1],
+            management_event: flags[2],
+        }
     }
 }
 
@@ -106,27 +350,26 @@ pub fn user_name(record: &Value) -> Option<String> {
             text(identity, "/arn").as_deref(),
             text(identity, "/invokedBy").as_deref(),
         )
+        .map(str::to_owned)
     })
 }
 
 /// The user name of an identity without `userName`: root, the role session (the ARN's last
 /// part), or the service that acted.
-fn user_name_by_type(
+fn user_name_by_type<'a>(
     identity_type: Option<&str>,
-    arn: Option<&str>,
-    invoked_by: Option<&str>,
-) -> Option<String> {
+    arn: Option<&'a str>,
+    invoked_by: Option<&'a str>,
+) -> Option<&'a str> {
     match identity_type {
-        Some("Root") => Some("root".into()),
-        Some("AssumedRole") | Some("FederatedUser") => {
-            arn.and_then(|a| a.rsplit('/').next().map(str::to_owned))
-        }
-        Some("AWSService") => invoked_by.map(str::to_owned),
+        Some("Root") => Some("root"),
+        Some("AssumedRole") | Some("FederatedUser") => arn.and_then(|a| a.rsplit('/').next()),
+        Some("AWSService") => invoked_by,
         _ => None,
     }
 }
 
-/// Normalizes one record. `raw` is its exact JSON text.
+/// Normalizes one record read as a JSON value. `raw` is its exact JSON text.
 pub fn normalize(record: &Value, raw: String) -> Result<EventRow, BadRecord> {
     if !record.is_object() {
         return Err(BadRecord::NotAnObject);
@@ -137,58 +380,73 @@ pub fn normalize(record: &Value, raw: String) -> Result<EventRow, BadRecord> {
     let event_time_ms = text(record, "/eventTime")
         .and_then(|t| parse_iso_ms(&t))
         .ok_or(BadRecord::NoEventTime)?;
-    let resources = record
-        .get("resources")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .map(|r| {
-                    format!(
-                        "{}|{}|{}",
-                        text(r, "/type").unwrap_or_default(),
-                        text(r, "/ARN").unwrap_or_default(),
-                        text(r, "/accountId").unwrap_or_default()
-                    )
-                })
-                .collect()
-        });
-    Ok(EventRow {
-        event_id,
+    let mut draft = Draft::new("");
+    let mut put = |column: Text, pointer: &str| draft.set(column, text(record, pointer).as_deref());
+    put(Text::EventVersion, "/eventVersion");
+    put(Text::EventSource, "/eventSource");
+    put(Text::EventName, "/eventName");
+    put(Text::EventType, "/eventType");
+    put(Text::EventCategory, "/eventCategory");
+    put(Text::SourceIp, "/sourceIPAddress");
+    put(Text::UserAgent, "/userAgent");
+    put(Text::IdentityType, "/userIdentity/type");
+    put(Text::IdentityArn, "/userIdentity/arn");
+    put(Text::PrincipalId, "/userIdentity/principalId");
+    put(
+        Text::SessionIssuerArn,
+        "/userIdentity/sessionContext/sessionIssuer/arn",
+    );
+    put(Text::InvokedBy, "/userIdentity/invokedBy");
+    put(Text::ErrorCode, "/errorCode");
+    put(Text::ErrorMessage, "/errorMessage");
+    put(Text::TlsVersion, "/tlsDetails/tlsVersion");
+    put(Text::VpcEndpointId, "/vpcEndpointId");
+    draft.set(Text::EventId, Some(&event_id));
+    let account_id = text(record, "/recipientAccountId")
+        .or_else(|| text(record, "/userIdentity/accountId"))
+        .unwrap_or_default();
+    draft.set(Text::AccountId, Some(&account_id));
+    draft.set(
+        Text::Region,
+        Some(&text(record, "/awsRegion").unwrap_or_default()),
+    );
+    let key = text(record, "/userIdentity/accessKeyId").filter(|k| !k.is_empty());
+    draft.set(Text::AccessKeyId, key.as_deref());
+    draft.set(Text::UserName, user_name(record).as_deref());
+    for (column, pointer) in [
+        (Text::RequestParameters, "/requestParameters"),
+        (Text::ResponseElements, "/responseElements"),
+        (Text::AdditionalEventData, "/additionalEventData"),
+    ] {
+        draft.set(column, json_text(record, pointer).as_deref());
+    }
+    if let Some(list) = record.get("resources").and_then(Value::as_array) {
+        let entries = list
+            .iter()
+            .map(|r| {
+                let entry = format!(
+                    "{}|{}|{}",
+                    text(r, "/type").unwrap_or_default(),
+                    text(r, "/ARN").unwrap_or_default(),
+                    text(r, "/accountId").unwrap_or_default()
+                );
+                draft.span(&entry)
+            })
+            .collect();
+        draft.resources = Some(entries);
+    }
+    Ok(draft.finish(
+        &raw,
         event_time_ms,
-        event_version: text(record, "/eventVersion"),
-        event_source: text(record, "/eventSource"),
-        event_name: text(record, "/eventName"),
-        event_type: text(record, "/eventType"),
-        event_category: text(record, "/eventCategory"),
-        account_id: text(record, "/recipientAccountId")
-            .or_else(|| text(record, "/userIdentity/accountId"))
-            .unwrap_or_default(),
-        region: text(record, "/awsRegion").unwrap_or_default(),
-        source_ip: text(record, "/sourceIPAddress"),
-        user_agent: text(record, "/userAgent"),
-        identity_type: text(record, "/userIdentity/type"),
-        identity_arn: text(record, "/userIdentity/arn"),
-        principal_id: text(record, "/userIdentity/principalId"),
-        access_key_id: text(record, "/userIdentity/accessKeyId").filter(|k| !k.is_empty()),
-        user_name: user_name(record),
-        session_issuer_arn: text(record, "/userIdentity/sessionContext/sessionIssuer/arn"),
-        mfa_authenticated: flag(
-            record,
-            "/userIdentity/sessionContext/attributes/mfaAuthenticated",
-        ),
-        invoked_by: text(record, "/userIdentity/invokedBy"),
-        error_code: text(record, "/errorCode"),
-        error_message: text(record, "/errorMessage"),
-        read_only: flag(record, "/readOnly"),
-        management_event: flag(record, "/managementEvent"),
-        resources,
-        request_parameters: json_text(record, "/requestParameters"),
-        response_elements: json_text(record, "/responseElements"),
-        additional_event_data: json_text(record, "/additionalEventData"),
-        tls_version: text(record, "/tlsDetails/tlsVersion"),
-        vpc_endpoint_id: text(record, "/vpcEndpointId"),
-        raw,
-    })
+        [
+            flag(
+                record,
+                "/userIdentity/sessionContext/attributes/mfaAuthenticated",
+            ),
+            flag(record, "/readOnly"),
+            flag(record, "/managementEvent"),
+        ],
+    ))
 }
 
 /// A member as it appears in the record, not yet interpreted (a string, a number, an object…).
@@ -307,25 +565,26 @@ struct WireTls<'a> {
 
 /// A member as text: a string's value, a number or boolean as written, an object or array as
 /// compact JSON text; `null` or absent is `None`. The same rules as `text` on a parsed value.
-fn member_text(member: Member<'_>) -> Option<String> {
+/// Text that needs no change is borrowed from the record.
+fn member_text(member: Member<'_>) -> Option<Cow<'_, str>> {
     let written = member?.get();
     match written.as_bytes().first()? {
         b'"' => {
             let inner = &written[1..written.len() - 1];
-            if inner.contains('\\') {
-                serde_json::from_str(written).ok()
+            if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
+                serde_json::from_str::<String>(written).ok().map(Cow::Owned)
             } else {
-                Some(inner.to_owned())
+                Some(Cow::Borrowed(inner))
             }
         }
         b'n' => None,
         b'{' | b'[' => Some(compact_json(written)),
-        _ => Some(written.to_owned()),
+        _ => Some(Cow::Borrowed(written)),
     }
 }
 
 /// A member that is an object or array, as compact JSON text (members in their original order).
-fn member_json(member: Member<'_>) -> Option<String> {
+fn member_json(member: Member<'_>) -> Option<Cow<'_, str>> {
     let written = member?.get();
     (written != "null").then(|| compact_json(written))
 }
@@ -338,14 +597,15 @@ fn member_flag(member: Member<'_>) -> Option<bool> {
     }
 }
 
-/// JSON text without the whitespace between tokens (string contents untouched).
-pub fn compact_json(text: &str) -> String {
+/// JSON text without the whitespace between tokens (string contents untouched); borrowed when
+/// there is none.
+pub fn compact_json(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
     if !bytes
         .iter()
         .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
     {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     let mut out = Vec::with_capacity(bytes.len());
     let (mut in_string, mut escaped) = (false, false);
@@ -366,205 +626,239 @@ pub fn compact_json(text: &str) -> String {
         out.push(b);
     }
     // Only ASCII whitespace outside strings was dropped, so the text is still UTF-8.
-    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+    match String::from_utf8(out) {
+        Ok(compact) => Cow::Owned(compact),
+        Err(_) => Cow::Borrowed(text),
+    }
 }
 
 /// Normalizes one record from its JSON text, which becomes `raw`. The record is read in one
 /// pass into borrowed members (no tree of values); a record of an unusual shape (a member of an
 /// unexpected type, a repeated member) is read again as a JSON value with the same rules.
 /// On failure the text is handed back with the reason, to be quarantined whole.
-pub fn normalize_text(raw: String) -> Result<EventRow, (BadRecord, String)> {
-    let typed = match serde_json::from_str::<Wire<'_>>(&raw) {
-        Ok(wire) => from_wire(&wire),
+pub fn normalize_text(raw: &str) -> Result<EventRow, (BadRecord, String)> {
+    let typed = match serde_json::from_str::<Wire<'_>>(raw) {
+        Ok(wire) => from_wire(&wire, raw),
         Err(_) => None,
     };
     match typed {
-        Some(Ok(mut row)) => {
-            row.raw = raw;
-            Ok(row)
-        }
-        Some(Err(bad)) => Err((bad, raw)),
-        None => match serde_json::from_str::<Value>(&raw) {
+        Some(Ok((draft, event_time_ms, flags))) => Ok(draft.finish(raw, event_time_ms, flags)),
+        Some(Err(bad)) => Err((bad, raw.to_owned())),
+        None => match serde_json::from_str::<Value>(raw) {
             Ok(value) => match normalize(&value, String::new()) {
-                Ok(mut row) => {
-                    // JSON members as written (member order kept), as on the usual path.
-                    if let Ok(members) =
-                        serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(&raw)
-                    {
-                        let json = |name: &str| member_json(members.get(name).copied());
-                        row.request_parameters = json("requestParameters");
-                        row.response_elements = json("responseElements");
-                        row.additional_event_data = json("additionalEventData");
-                    }
-                    row.raw = raw;
-                    Ok(row)
-                }
-                Err(bad) => Err((bad, raw)),
+                Ok(row) => Ok(keep_member_order(row, raw)),
+                Err(bad) => Err((bad, raw.to_owned())),
             },
-            Err(e) => Err((BadRecord::NotJson(e.to_string()), raw)),
+            Err(e) => Err((BadRecord::NotJson(e.to_string()), raw.to_owned())),
         },
     }
 }
 
+/// A row read as a JSON value, made like one read in one pass: `raw` is the record's text, and
+/// the JSON columns keep the record's member order (a value's members are re-sorted).
+fn keep_member_order(row: EventRow, raw: &str) -> EventRow {
+    let mut draft = Draft::new("");
+    for &column in Text::ALL {
+        draft.set(column, row.text(column));
+    }
+    if let Ok(members) = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(raw) {
+        for (column, name) in [
+            (Text::RequestParameters, "requestParameters"),
+            (Text::ResponseElements, "responseElements"),
+            (Text::AdditionalEventData, "additionalEventData"),
+        ] {
+            draft.spans[column as usize] = Span::NONE;
+            draft.set(column, member_json(members.get(name).copied()).as_deref());
+        }
+    }
+    if let Some(list) = row.resources() {
+        draft.resources = Some(list.into_iter().map(|entry| draft.span(entry)).collect());
+    }
+    let flags = [row.mfa_authenticated, row.read_only, row.management_event];
+    draft.finish(raw, row.event_time_ms, flags)
+}
+
+/// What a record read into members gives before its text is placed: the draft, eventTime,
+/// and (mfaAuthenticated, readOnly, managementEvent).
+type Read = (Draft, i64, [Option<bool>; 3]);
+
 /// The row of a record read into members; `None` when it is not the usual shape (see
 /// `normalize_text`), e.g. `userIdentity` not an object.
-fn from_wire(wire: &Wire<'_>) -> Option<Result<EventRow, BadRecord>> {
+fn from_wire(wire: &Wire<'_>, raw: &str) -> Option<Result<Read, BadRecord>> {
     let Some(event_id) = member_text(wire.event_id).filter(|s| !s.is_empty()) else {
         return Some(Err(BadRecord::NoEventId));
     };
     let Some(event_time_ms) = member_text(wire.event_time).and_then(|t| parse_iso_ms(&t)) else {
         return Some(Err(BadRecord::NoEventTime));
     };
+    let mut draft = Draft::new(raw);
+    let put = |d: &mut Draft, column: Text, member: Member<'_>| {
+        d.set(column, member_text(member).as_deref())
+    };
+    draft.set(Text::EventId, Some(&event_id));
+    put(&mut draft, Text::EventVersion, wire.event_version);
+    put(&mut draft, Text::EventSource, wire.event_source);
+    put(&mut draft, Text::EventName, wire.event_name);
+    put(&mut draft, Text::EventType, wire.event_type);
+    put(&mut draft, Text::EventCategory, wire.event_category);
+    put(&mut draft, Text::Region, wire.aws_region);
+    put(&mut draft, Text::SourceIp, wire.source_ip_address);
+    put(&mut draft, Text::UserAgent, wire.user_agent);
+    put(&mut draft, Text::ErrorCode, wire.error_code);
+    put(&mut draft, Text::ErrorMessage, wire.error_message);
+    put(&mut draft, Text::VpcEndpointId, wire.vpc_endpoint_id);
+    let tls = wire.tls_details.as_ref().and_then(|t| t.tls_version);
+    put(&mut draft, Text::TlsVersion, tls);
+    for (column, member) in [
+        (Text::RequestParameters, wire.request_parameters),
+        (Text::ResponseElements, wire.response_elements),
+        (Text::AdditionalEventData, wire.additional_event_data),
+    ] {
+        draft.set(column, member_json(member).as_deref());
+    }
     let identity = wire.user_identity.as_ref();
     let id =
         |f: for<'w> fn(&WireIdentity<'w>) -> Member<'w>| identity.and_then(|i| member_text(f(i)));
     let identity_type = id(|i| i.kind);
     let identity_arn = id(|i| i.arn);
     let invoked_by = id(|i| i.invoked_by);
-    let user_name = id(|i| i.user_name).or_else(|| {
+    let user_name = id(|i| i.user_name);
+    let user_name = user_name.as_deref().or_else(|| {
         user_name_by_type(
             identity_type.as_deref(),
             identity_arn.as_deref(),
             invoked_by.as_deref(),
         )
     });
+    draft.set(Text::UserName, user_name);
+    draft.set(Text::IdentityType, identity_type.as_deref());
+    draft.set(Text::IdentityArn, identity_arn.as_deref());
+    draft.set(Text::InvokedBy, invoked_by.as_deref());
+    draft.set(Text::PrincipalId, id(|i| i.principal_id).as_deref());
+    let key = id(|i| i.access_key_id).filter(|k| !k.is_empty());
+    draft.set(Text::AccessKeyId, key.as_deref());
+    let account = member_text(wire.recipient_account_id).or_else(|| id(|i| i.account_id));
+    draft.set(
+        Text::AccountId,
+        Some(account.as_deref().unwrap_or_default()),
+    );
+    if draft.spans[Text::Region as usize] == Span::NONE {
+        draft.set(Text::Region, Some(""));
+    }
     let session = identity.and_then(|i| i.session_context.as_ref());
-    let resources = wire.resources.as_ref().map(|list| {
-        list.iter()
+    let issuer = session.and_then(|s| s.session_issuer.as_ref());
+    draft.set(
+        Text::SessionIssuerArn,
+        issuer.and_then(|s| member_text(s.arn)).as_deref(),
+    );
+    if let Some(list) = &wire.resources {
+        let mut entry = String::new();
+        let entries = list
+            .iter()
             .map(|r| {
-                format!(
-                    "{}|{}|{}",
-                    member_text(r.kind).unwrap_or_default(),
-                    member_text(r.arn).unwrap_or_default(),
-                    member_text(r.account_id).unwrap_or_default()
-                )
+                entry.clear();
+                for (i, member) in [r.kind, r.arn, r.account_id].into_iter().enumerate() {
+                    if i > 0 {
+                        entry.push('|');
+                    }
+                    entry.push_str(member_text(member).as_deref().unwrap_or_default());
+                }
+                draft.span(&entry)
             })
-            .collect()
-    });
-    Some(Ok(EventRow {
-        event_id,
-        event_time_ms,
-        event_version: member_text(wire.event_version),
-        event_source: member_text(wire.event_source),
-        event_name: member_text(wire.event_name),
-        event_type: member_text(wire.event_type),
-        event_category: member_text(wire.event_category),
-        account_id: member_text(wire.recipient_account_id)
-            .or_else(|| id(|i| i.account_id))
-            .unwrap_or_default(),
-        region: member_text(wire.aws_region).unwrap_or_default(),
-        source_ip: member_text(wire.source_ip_address),
-        user_agent: member_text(wire.user_agent),
-        identity_type,
-        identity_arn,
-        principal_id: id(|i| i.principal_id),
-        access_key_id: id(|i| i.access_key_id).filter(|k| !k.is_empty()),
-        user_name,
-        session_issuer_arn: session
-            .and_then(|s| s.session_issuer.as_ref())
-            .and_then(|s| member_text(s.arn)),
-        mfa_authenticated: session
-            .and_then(|s| s.attributes.as_ref())
-            .and_then(|a| member_flag(a.mfa_authenticated)),
-        invoked_by,
-        error_code: member_text(wire.error_code),
-        error_message: member_text(wire.error_message),
-        read_only: member_flag(wire.read_only),
-        management_event: member_flag(wire.management_event),
-        resources,
-        request_parameters: member_json(wire.request_parameters),
-        response_elements: member_json(wire.response_elements),
-        additional_event_data: member_json(wire.additional_event_data),
-        tls_version: wire
-            .tls_details
-            .as_ref()
-            .and_then(|t| member_text(t.tls_version)),
-        vpc_endpoint_id: member_text(wire.vpc_endpoint_id),
-        raw: String::new(),
-    }))
+            .collect();
+        draft.resources = Some(entries);
+    }
+    let mfa = session
+        .and_then(|s| s.attributes.as_ref())
+        .and_then(|a| member_flag(a.mfa_authenticated));
+    let flags = [
+        mfa,
+        member_flag(wire.read_only),
+        member_flag(wire.management_event),
+    ];
+    Some(Ok((draft, event_time_ms, flags)))
+}
+
+/// A column of `cloudtrail_events` being built.
+enum Column {
+    Text(Text, StringBuilder),
+    Raw(StringBuilder),
+    EventTime(TimestampMillisecondBuilder),
+    Flag(fn(&EventRow) -> Option<bool>, BooleanBuilder),
+    Resources(ListBuilder<StringBuilder>),
+    CollectedAt(TimestampMillisecondBuilder),
+    RunId(StringBuilder),
 }
 
 /// Builds a `cloudtrail_events` RecordBatch from rows (or references to rows), columns in
-/// `schemas/cloudtrail_events.json` order.
+/// `schemas/cloudtrail_events.json` order. Rows are read one at a time, each into every column,
+/// so each row's text is brought into the cache once.
 pub fn events_batch<R: std::borrow::Borrow<EventRow>>(
     rows: &[R],
     stamp: &RunStamp,
 ) -> Result<RecordBatch, ArrowError> {
     let schema = schema::cloudtrail_events().arrow_schema();
     let n = rows.len();
-    let rows = || rows.iter().map(|r| r.borrow());
-    let strings = |f: &dyn Fn(&EventRow) -> Option<&str>| -> ArrayRef {
-        let bytes = rows().map(|r| f(r).map_or(0, str::len)).sum();
-        let mut b = StringBuilder::with_capacity(n, bytes);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let bools = |f: &dyn Fn(&EventRow) -> Option<bool>| -> ArrayRef {
-        let mut b = BooleanBuilder::with_capacity(n);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let times = |f: &dyn Fn(&EventRow) -> i64| -> ArrayRef {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        rows().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish())
-    };
+    let strings = |bytes: usize| StringBuilder::with_capacity(n, bytes);
+    let times = || TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let flag = |f: fn(&EventRow) -> Option<bool>| Column::Flag(f, BooleanBuilder::with_capacity(n));
     let mut columns = Vec::new();
     for field in schema.fields() {
-        columns.push(match field.name().as_str() {
-            "event_id" => strings(&|r| Some(&r.event_id)),
-            "event_time" => times(&|r| r.event_time_ms),
-            "event_version" => strings(&|r| r.event_version.as_deref()),
-            "event_source" => strings(&|r| r.event_source.as_deref()),
-            "event_name" => strings(&|r| r.event_name.as_deref()),
-            "event_type" => strings(&|r| r.event_type.as_deref()),
-            "event_category" => strings(&|r| r.event_category.as_deref()),
-            "account_id" => strings(&|r| Some(&r.account_id)),
-            "region" => strings(&|r| Some(&r.region)),
-            "source_ip" => strings(&|r| r.source_ip.as_deref()),
-            "user_agent" => strings(&|r| r.user_agent.as_deref()),
-            "identity_type" => strings(&|r| r.identity_type.as_deref()),
-            "identity_arn" => strings(&|r| r.identity_arn.as_deref()),
-            "principal_id" => strings(&|r| r.principal_id.as_deref()),
-            "access_key_id" => strings(&|r| r.access_key_id.as_deref()),
-            "user_name" => strings(&|r| r.user_name.as_deref()),
-            "session_issuer_arn" => strings(&|r| r.session_issuer_arn.as_deref()),
-            "mfa_authenticated" => bools(&|r| r.mfa_authenticated),
-            "invoked_by" => strings(&|r| r.invoked_by.as_deref()),
-            "error_code" => strings(&|r| r.error_code.as_deref()),
-            "error_message" => strings(&|r| r.error_message.as_deref()),
-            "read_only" => bools(&|r| r.read_only),
-            "management_event" => bools(&|r| r.management_event),
+        let name = field.name().as_str();
+        if let Some(text) = Text::of_column(name) {
+            let bytes = rows.iter().map(|r| r.borrow().text_len(text)).sum();
+            columns.push(Column::Text(text, strings(bytes)));
+            continue;
+        }
+        columns.push(match name {
+            "event_time" => Column::EventTime(times()),
+            "mfa_authenticated" => flag(|r| r.mfa_authenticated),
+            "read_only" => flag(|r| r.read_only),
+            "management_event" => flag(|r| r.management_event),
             "resources" => {
                 let item = Arc::new(Field::new("element", DataType::Utf8, true));
-                let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-                for r in rows() {
-                    match &r.resources {
-                        Some(list) => {
-                            list.iter().for_each(|v| b.values().append_value(v));
-                            b.append(true);
-                        }
-                        None => b.append(false),
-                    }
-                }
-                Arc::new(b.finish())
+                Column::Resources(ListBuilder::new(StringBuilder::new()).with_field(item))
             }
-            "request_parameters" => strings(&|r| r.request_parameters.as_deref()),
-            "response_elements" => strings(&|r| r.response_elements.as_deref()),
-            "additional_event_data" => strings(&|r| r.additional_event_data.as_deref()),
-            "tls_version" => strings(&|r| r.tls_version.as_deref()),
-            "vpc_endpoint_id" => strings(&|r| r.vpc_endpoint_id.as_deref()),
-            "raw" => strings(&|r| Some(&r.raw)),
-            "collected_at" => times(&|_| stamp.collected_at_ms),
-            "run_id" => {
-                let mut b = StringBuilder::with_capacity(n, n * stamp.run_id.len());
-                rows().for_each(|_| b.append_value(&stamp.run_id));
-                Arc::new(b.finish())
-            }
+            "raw" => Column::Raw(strings(rows.iter().map(|r| r.borrow().raw_len as usize).sum())),
+            "collected_at" => Column::CollectedAt(times()),
+            "run_id" => Column::RunId(strings(n * stamp.run_id.len())),
             other => return Err(ArrowError::SchemaError(format!("schemas/cloudtrail_events.json has column {other} that the normalizer does not fill"))),
         });
     }
-    RecordBatch::try_new(schema, columns)
+    for row in rows {
+        let row = row.borrow();
+        for column in &mut columns {
+            match column {
+                Column::Text(text, b) => b.append_option(row.text(*text)),
+                Column::Raw(b) => b.append_value(row.raw()),
+                Column::EventTime(b) => b.append_value(row.event_time_ms),
+                Column::Flag(f, b) => b.append_option(f(row)),
+                Column::Resources(b) => match row.resources() {
+                    Some(list) => {
+                        list.iter().for_each(|v| b.values().append_value(v));
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                },
+                Column::CollectedAt(b) => b.append_value(stamp.collected_at_ms),
+                Column::RunId(b) => b.append_value(&stamp.run_id),
+            }
+        }
+    }
+    let arrays: Vec<ArrayRef> = columns
+        .into_iter()
+        .map(|column| -> ArrayRef {
+            match column {
+                Column::Text(_, mut b) | Column::Raw(mut b) | Column::RunId(mut b) => {
+                    Arc::new(b.finish())
+                }
+                Column::EventTime(mut b) | Column::CollectedAt(mut b) => Arc::new(b.finish()),
+                Column::Flag(_, mut b) => Arc::new(b.finish()),
+                Column::Resources(mut b) => Arc::new(b.finish()),
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema, arrays)
 }
 
 /// One `finding_events` link.
@@ -658,38 +952,25 @@ mod tests {
             .into_iter()
             .map(|(raw, v)| normalize(&v, raw).unwrap())
             .collect();
-        let by_type = |t: &str| {
-            rows.iter()
-                .find(|r| r.identity_type.as_deref() == Some(t))
-                .unwrap()
-        };
-        assert_eq!(by_type("Root").user_name.as_deref(), Some("root"));
-        assert_eq!(
-            by_type("AssumedRole").user_name.as_deref(),
-            Some("ops-session")
-        );
+        let by_type = |t: &str| rows.iter().find(|r| r.identity_type() == Some(t)).unwrap();
+        assert_eq!(by_type("Root").user_name(), Some("root"));
+        assert_eq!(by_type("AssumedRole").user_name(), Some("ops-session"));
         assert_eq!(by_type("AssumedRole").mfa_authenticated, Some(true));
         assert_eq!(
-            by_type("AssumedRole").session_issuer_arn.as_deref(),
+            by_type("AssumedRole").session_issuer_arn(),
             Some("arn:aws:iam::111122223333:role/Ops")
         );
         assert_eq!(
-            by_type("AWSService").invoked_by.as_deref(),
+            by_type("AWSService").invoked_by(),
             Some("lambda.amazonaws.com")
         );
+        assert_eq!(by_type("FederatedUser").error_code(), Some("AccessDenied"));
+        assert_eq!(by_type("IAMUser").tls_version(), Some("TLSv1.3"));
         assert_eq!(
-            by_type("FederatedUser").error_code.as_deref(),
-            Some("AccessDenied")
-        );
-        assert_eq!(by_type("IAMUser").tls_version.as_deref(), Some("TLSv1.3"));
-        assert_eq!(
-            by_type("IAMUser").resources.as_deref(),
-            Some(
-                &[
-                    "AWS::IAM::User|arn:aws:iam::111122223333:user/deploy-1|111122223333"
-                        .to_owned()
-                ][..]
-            )
+            by_type("IAMUser").resources(),
+            Some(vec![
+                "AWS::IAM::User|arn:aws:iam::111122223333:user/deploy-1|111122223333"
+            ])
         );
         let stamp = RunStamp {
             run_id: "r".into(),
@@ -709,29 +990,38 @@ mod tests {
         for raw in records {
             let value: Value = serde_json::from_str(&raw).unwrap();
             let expected = normalize(&value, raw.clone()).unwrap();
-            let got = normalize_text(raw.clone()).unwrap();
-            let as_json = |t: &Option<String>| {
-                t.as_deref()
-                    .map(|t| serde_json::from_str::<Value>(t).unwrap())
-            };
-            for (a, b) in [
-                (&got.request_parameters, &expected.request_parameters),
-                (&got.response_elements, &expected.response_elements),
-                (&got.additional_event_data, &expected.additional_event_data),
-            ] {
+            let got = normalize_text(&raw).unwrap();
+            let as_json = |t: Option<&str>| t.map(|t| serde_json::from_str::<Value>(t).unwrap());
+            let json = [
+                Text::RequestParameters,
+                Text::ResponseElements,
+                Text::AdditionalEventData,
+            ];
+            for column in json {
+                let (a, b) = (got.text(column), expected.text(column));
                 assert_eq!(as_json(a), as_json(b), "{raw}");
-                assert!(
-                    a.as_deref().is_none_or(|t| !t.contains('\n')),
-                    "compact: {a:?}"
-                );
+                assert!(a.is_none_or(|t| !t.contains('\n')), "compact: {a:?}");
             }
-            let plain = |row: &EventRow| EventRow {
-                request_parameters: None,
-                response_elements: None,
-                additional_event_data: None,
-                ..row.clone()
-            };
-            assert_eq!(plain(&got), plain(&expected), "{raw}");
+            for &column in Text::ALL.iter().filter(|c| !json.contains(c)) {
+                assert_eq!(got.text(column), expected.text(column), "{raw}");
+            }
+            assert_eq!(got.raw(), expected.raw());
+            assert_eq!(got.resources(), expected.resources());
+            assert_eq!(
+                (
+                    got.event_time_ms,
+                    got.mfa_authenticated,
+                    got.read_only,
+                    got.management_event
+                ),
+                (
+                    expected.event_time_ms,
+                    expected.mfa_authenticated,
+                    expected.read_only,
+                    expected.management_event
+                ),
+                "{raw}"
+            );
         }
     }
 
@@ -746,7 +1036,7 @@ mod tests {
                 "no valid eventTime",
             ),
         ] {
-            let (bad, back) = normalize_text(raw.to_owned()).unwrap_err();
+            let (bad, back) = normalize_text(raw).unwrap_err();
             assert!(bad.to_string().contains(reason), "{raw}: {bad}");
             assert_eq!(back, raw);
         }

@@ -176,8 +176,9 @@ async fn lookup(
             break;
         };
         for event in page.events() {
-            let raw = event.cloud_trail_event().unwrap_or_default().to_owned();
-            events.push(normalize_text(raw));
+            events.push(normalize_text(
+                event.cloud_trail_event().unwrap_or_default(),
+            ));
         }
     }
     Ok(events)
@@ -218,9 +219,9 @@ pub async fn collect_account(
      -> Option<(String, i64, Option<String>)> {
         let row = admit(result, account_id, region, None, normalized)?;
         let key = (
-            row.event_id.clone(),
+            row.event_id().to_owned(),
             row.event_time_ms,
-            row.event_name.clone(),
+            row.event_name().map(str::to_owned),
         );
         keep_once(result, &mut seen, &published, region, row);
         Some(key)
@@ -310,7 +311,7 @@ pub async fn collect_account(
                         let global = normalized
                             .as_ref()
                             .ok()
-                            .and_then(|row| row.event_source.as_deref())
+                            .and_then(|row| row.event_source())
                             .is_some_and(|source| GLOBAL_SOURCES.contains(&source));
                         if global_only && !global {
                             continue;
@@ -347,7 +348,7 @@ pub async fn collect_account(
         result
             .rows
             .iter()
-            .map(|r| (r.event_id.clone(), r.event_time_ms)),
+            .map(|r| (r.event_id().to_owned(), r.event_time_ms)),
     );
     state.published = published
         .into_iter()
@@ -403,7 +404,7 @@ pub fn keep_once(
     region: &str,
     row: EventRow,
 ) {
-    if !published.contains(&row.event_id) && seen.insert(row.event_id.clone()) {
+    if !published.contains(row.event_id()) && seen.insert(row.event_id().to_owned()) {
         result.regions.entry(region.to_owned()).or_default().written += 1;
         result.rows.push(row);
     }

@@ -8,6 +8,7 @@
 //! object, or a record that is not an object or lacks eventID / eventTime is quarantined with the
 //! object key and the reason; the records before it and the rest of the run go on.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
@@ -211,11 +212,8 @@ pub fn read_object(compressed: &[u8], on_record: &mut dyn FnMut(&[u8])) -> Resul
 
 /// A record's text: its bytes as UTF-8, or with invalid sequences replaced (the JSON parse then
 /// decides whether it is usable).
-pub fn record_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+pub fn record_text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// The object-key prefix of one delivery day.
@@ -273,50 +271,47 @@ impl Rules {
 
     /// Whether to keep the event, and the finding versions it explains.
     pub fn judge(&self, row: &EventRow) -> (bool, Vec<FindingEvent>) {
-        let watched = row
-            .event_name
-            .as_ref()
-            .is_some_and(|n| self.watchlist.contains(n));
+        let watched = row.event_name().is_some_and(|n| self.watchlist.contains(n));
         let denied = row
-            .error_code
-            .as_deref()
+            .error_code()
             .is_some_and(|c| self.error_codes.contains(c));
         let global = row
-            .event_source
-            .as_deref()
+            .event_source()
             .is_some_and(|s| GLOBAL_SOURCES.contains(&s));
         let mut links = Vec::new();
         let mut explain = |candidates: Option<&Vec<Correlation>>, reason: &'static str| {
             for c in candidates.into_iter().flatten() {
                 let (start, end) = self.window(c);
-                let region_ok = row.region == c.region || (global && row.region == GLOBAL_REGION);
-                if c.account_id == row.account_id
+                let region_ok =
+                    row.region() == c.region || (global && row.region() == GLOBAL_REGION);
+                if c.account_id == row.account_id()
                     && region_ok
                     && (start..=end).contains(&row.event_time_ms)
                 {
-                    let why = if row.event_name.is_some() && row.event_name == c.api {
+                    let why = if row.event_name().is_some() && row.event_name() == c.api.as_deref()
+                    {
                         "api"
                     } else {
                         reason
                     };
-                    links.push(link(c, &row.event_id, &row.region, why));
+                    links.push(link(c, row.event_id(), row.region(), why));
                 }
             }
         };
-        if let Some(key) = &row.access_key_id {
+        if let Some(key) = row.access_key_id() {
             explain(self.by_key.get(key), "access_key");
         }
-        if let Some(user) = &row.user_name {
+        if let Some(user) = row.user_name() {
             explain(self.by_user.get(user), "principal");
         }
         if watched {
             for c in self.by_key.values().chain(self.by_user.values()).flatten() {
                 let (start, end) = self.window(c);
-                if c.account_id == row.account_id
-                    && c.region == row.region
+                if c.account_id == row.account_id()
+                    && c.region == row.region()
                     && (start..=end).contains(&row.event_time_ms)
                 {
-                    links.push(link(c, &row.event_id, &row.region, "watchlist"));
+                    links.push(link(c, row.event_id(), row.region(), "watchlist"));
                 }
             }
         }
@@ -343,7 +338,7 @@ pub fn take_object(
 ) {
     let mut links = Vec::new();
     let outcome = read_object(compressed, &mut |bytes| {
-        let normalized = normalize_text(record_text(bytes));
+        let normalized = normalize_text(&record_text(bytes));
         let Some(row) = admit(result, account_id, region, Some(key), normalized) else {
             return;
         };
@@ -481,7 +476,7 @@ pub async fn collect_account(
         result
             .rows
             .iter()
-            .map(|r| (r.event_id.clone(), r.event_time_ms)),
+            .map(|r| (r.event_id().to_owned(), r.event_time_ms)),
     );
     state.published = all.into_iter().filter(|(_, t)| *t >= keep_from).collect();
     result.links.sort();
