@@ -99,7 +99,7 @@ text_columns! {
     }
 }
 
-const TEXTS: usize = 24;
+const TEXTS: usize = Text::ALL.len();
 
 /// Where a column's text is in the row's buffer; `start == u32::MAX` is no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

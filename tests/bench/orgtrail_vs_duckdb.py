@@ -2,7 +2,9 @@
 one thread each, at 1x and 10x; appends the numbers to bench/results.txt.
 
 DuckDB's side: read_json_objects over the same .json.gz objects → the same cloudtrail_events columns →
-zstd Parquet partitioned by dt, `SET threads = 1`.
+zstd Parquet partitioned by dt, `SET threads = 1`. (Structured `read_json` — Records unnested as
+structs, union_by_name, sample_size=-1 — ran out of memory at a 4 GB limit on the 1x corpus with one
+thread: each object is one JSON document holding all its records.)
 """
 
 from __future__ import annotations
