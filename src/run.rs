@@ -760,7 +760,6 @@ async fn collect_cloudtrail(
         config.target_file_bytes,
     );
     let encode = |e: parquet::errors::ParquetError| RunError::Encode(e.to_string());
-    let mut kept = 0usize;
     let mut links = Vec::new();
     let mut bad = Vec::new();
     let mut seen = HashSet::new();
@@ -815,7 +814,6 @@ async fn collect_cloudtrail(
                 });
                 for row in collected.rows {
                     if seen.insert(row.event_id().to_owned()) {
-                        kept += 1;
                         events.push(row).map_err(encode)?;
                     }
                 }
@@ -825,7 +823,9 @@ async fn collect_cloudtrail(
         }
     }
     links.sort();
+    let mut kept = 0;
     for file in events.finish().map_err(encode)? {
+        kept += file.rows;
         output.files.push((
             file.path,
             format!("cloudtrail_events/dt={}/{}", file.dt, file.name),

@@ -369,8 +369,10 @@ fn user_name_by_type<'a>(
     }
 }
 
-/// Normalizes one record read as a JSON value. `raw` is its exact JSON text.
-pub fn normalize(record: &Value, raw: String) -> Result<EventRow, BadRecord> {
+/// Normalizes one record read as a JSON value. `raw` is its exact JSON text: the JSON columns
+/// keep its member order, as on the one-pass reading (a value's members are sorted; they are
+/// used only when `raw` cannot be read as an object).
+pub fn normalize(record: &Value, raw: &str) -> Result<EventRow, BadRecord> {
     if !record.is_object() {
         return Err(BadRecord::NotAnObject);
     }
@@ -413,12 +415,16 @@ pub fn normalize(record: &Value, raw: String) -> Result<EventRow, BadRecord> {
     let key = text(record, "/userIdentity/accessKeyId").filter(|k| !k.is_empty());
     draft.set(Text::AccessKeyId, key.as_deref());
     draft.set(Text::UserName, user_name(record).as_deref());
-    for (column, pointer) in [
-        (Text::RequestParameters, "/requestParameters"),
-        (Text::ResponseElements, "/responseElements"),
-        (Text::AdditionalEventData, "/additionalEventData"),
+    let members = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(raw).ok();
+    for (column, name) in [
+        (Text::RequestParameters, "requestParameters"),
+        (Text::ResponseElements, "responseElements"),
+        (Text::AdditionalEventData, "additionalEventData"),
     ] {
-        draft.set(column, json_text(record, pointer).as_deref());
+        match &members {
+            Some(members) => draft.set(column, member_json(members.get(name).copied()).as_deref()),
+            None => draft.set(column, json_text(record, &format!("/{name}")).as_deref()),
+        }
     }
     if let Some(list) = record.get("resources").and_then(Value::as_array) {
         let entries = list
@@ -436,7 +442,7 @@ pub fn normalize(record: &Value, raw: String) -> Result<EventRow, BadRecord> {
         draft.resources = Some(entries);
     }
     Ok(draft.finish(
-        &raw,
+        raw,
         event_time_ms,
         [
             flag(
@@ -645,37 +651,10 @@ pub fn normalize_text(raw: &str) -> Result<EventRow, (BadRecord, String)> {
         Some(Ok((draft, event_time_ms, flags))) => Ok(draft.finish(raw, event_time_ms, flags)),
         Some(Err(bad)) => Err((bad, raw.to_owned())),
         None => match serde_json::from_str::<Value>(raw) {
-            Ok(value) => match normalize(&value, String::new()) {
-                Ok(row) => Ok(keep_member_order(row, raw)),
-                Err(bad) => Err((bad, raw.to_owned())),
-            },
+            Ok(value) => normalize(&value, raw).map_err(|bad| (bad, raw.to_owned())),
             Err(e) => Err((BadRecord::NotJson(e.to_string()), raw.to_owned())),
         },
     }
-}
-
-/// A row read as a JSON value, made like one read in one pass: `raw` is the record's text, and
-/// the JSON columns keep the record's member order (a value's members are re-sorted).
-fn keep_member_order(row: EventRow, raw: &str) -> EventRow {
-    let mut draft = Draft::new("");
-    for &column in Text::ALL {
-        draft.set(column, row.text(column));
-    }
-    if let Ok(members) = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(raw) {
-        for (column, name) in [
-            (Text::RequestParameters, "requestParameters"),
-            (Text::ResponseElements, "responseElements"),
-            (Text::AdditionalEventData, "additionalEventData"),
-        ] {
-            draft.spans[column as usize] = Span::NONE;
-            draft.set(column, member_json(members.get(name).copied()).as_deref());
-        }
-    }
-    if let Some(list) = row.resources() {
-        draft.resources = Some(list.into_iter().map(|entry| draft.span(entry)).collect());
-    }
-    let flags = [row.mfa_authenticated, row.read_only, row.management_event];
-    draft.finish(raw, row.event_time_ms, flags)
 }
 
 /// What a record read into members gives before its text is placed: the draft, eventTime,
@@ -701,7 +680,6 @@ fn from_wire(wire: &Wire<'_>, raw: &str) -> Option<Result<Read, BadRecord>> {
     put(&mut draft, Text::EventName, wire.event_name);
     put(&mut draft, Text::EventType, wire.event_type);
     put(&mut draft, Text::EventCategory, wire.event_category);
-    put(&mut draft, Text::Region, wire.aws_region);
     put(&mut draft, Text::SourceIp, wire.source_ip_address);
     put(&mut draft, Text::UserAgent, wire.user_agent);
     put(&mut draft, Text::ErrorCode, wire.error_code);
@@ -742,9 +720,8 @@ fn from_wire(wire: &Wire<'_>, raw: &str) -> Option<Result<Read, BadRecord>> {
         Text::AccountId,
         Some(account.as_deref().unwrap_or_default()),
     );
-    if draft.spans[Text::Region as usize] == Span::NONE {
-        draft.set(Text::Region, Some(""));
-    }
+    let region = member_text(wire.aws_region);
+    draft.set(Text::Region, Some(region.as_deref().unwrap_or_default()));
     let session = identity.and_then(|i| i.session_context.as_ref());
     let issuer = session.and_then(|s| s.session_issuer.as_ref());
     draft.set(
@@ -950,7 +927,7 @@ mod tests {
     fn every_identity_type_normalizes_and_builds_a_batch() {
         let rows: Vec<EventRow> = fixtures()
             .into_iter()
-            .map(|(raw, v)| normalize(&v, raw).unwrap())
+            .map(|(raw, v)| normalize(&v, &raw).unwrap())
             .collect();
         let by_type = |t: &str| rows.iter().find(|r| r.identity_type() == Some(t)).unwrap();
         assert_eq!(by_type("Root").user_name(), Some("root"));
@@ -989,7 +966,7 @@ mod tests {
         records.push(r#"{"eventID":"u\u00e9","eventTime":"2026-11-20T10:00:00Z","userAgent":"caf\u00e9 \"x\"","responseElements":null,"userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s\/x"}}"#.into());
         for raw in records {
             let value: Value = serde_json::from_str(&raw).unwrap();
-            let expected = normalize(&value, raw.clone()).unwrap();
+            let expected = normalize(&value, &raw).unwrap();
             let got = normalize_text(&raw).unwrap();
             let as_json = |t: Option<&str>| t.map(|t| serde_json::from_str::<Value>(t).unwrap());
             let json = [
@@ -1055,14 +1032,11 @@ mod tests {
     fn records_without_id_or_time_are_refused() {
         let (_, mut record) = fixtures().remove(0);
         record["eventTime"] = "yesterday".into();
-        assert_eq!(
-            normalize(&record, String::new()),
-            Err(BadRecord::NoEventTime)
-        );
+        assert_eq!(normalize(&record, ""), Err(BadRecord::NoEventTime));
         record.as_object_mut().unwrap().remove("eventID");
-        assert_eq!(normalize(&record, String::new()), Err(BadRecord::NoEventId));
+        assert_eq!(normalize(&record, ""), Err(BadRecord::NoEventId));
         assert_eq!(
-            normalize(&Value::from("x"), String::new()),
+            normalize(&Value::from("x"), ""),
             Err(BadRecord::NotAnObject)
         );
     }

@@ -288,7 +288,9 @@ impl Rules {
                     && region_ok
                     && (start..=end).contains(&row.event_time_ms)
                 {
-                    let why = if row.event_name().is_some() && row.event_name() == c.api.as_deref()
+                    let why = if row
+                        .event_name()
+                        .is_some_and(|n| c.api.as_deref() == Some(n))
                     {
                         "api"
                     } else {
