@@ -62,7 +62,8 @@ fn main() {
             let started = Instant::now();
             for file in &files {
                 let bytes = std::fs::read(file).unwrap();
-                let _ = read_object(&bytes, &mut |raw| {
+                let _ = read_object(&bytes, &mut |record| {
+                    let Ok(raw) = record else { return };
                     if parse {
                         let _ = std::hint::black_box(normalize_text(&record_text(raw)));
                     } else {
@@ -94,8 +95,12 @@ fn main() {
     let started = Instant::now();
     let mut process = |bytes: &[u8]| {
         compressed += bytes.len() as u64;
-        let outcome = read_object(bytes, &mut |raw| {
+        let outcome = read_object(bytes, &mut |record| {
             records += 1;
+            let Ok(raw) = record else {
+                bad += 1;
+                return;
+            };
             match normalize_text(&record_text(raw)) {
                 Ok(row) => {
                     let mut hasher = std::collections::hash_map::DefaultHasher::new();

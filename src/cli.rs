@@ -9,7 +9,8 @@ use crate::config::{Config, Mode};
 
 const EXIT_CODES: &str = "Exit codes: 0 every target ok; 2 invalid command line or config; \
 3 published, but some targets failed (see the runs table); 4 run failed, nothing published; \
-5 another run holds the lake's lock, nothing done.";
+5 another run holds the lake's lock, nothing done; 6 published, but finishing the publish \
+failed (the next run completes it).";
 
 #[derive(Debug, Parser)]
 #[command(name = "guardlake", version, about = "Collects GuardDuty findings from every account and region of an AWS Organization into a partitioned Parquet lake.", after_help = EXIT_CODES)]

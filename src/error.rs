@@ -11,6 +11,8 @@ pub enum TargetStatus {
     RegionDisabled,
     NotEnabled,
     Throttled,
+    /// Org-trail mode: no trail object was ever found where the target's logs should be.
+    TrailNotFound,
     Error,
 }
 
@@ -22,6 +24,7 @@ impl TargetStatus {
             Self::RegionDisabled => "region_disabled",
             Self::NotEnabled => "not_enabled",
             Self::Throttled => "throttled",
+            Self::TrailNotFound => "trail_not_found",
             Self::Error => "error",
         }
     }
@@ -109,6 +112,20 @@ where
     }
 }
 
+/// Classifies a failed object-store call (S3 or the local directory) like an API error: the S3
+/// error code decides (`AccessDenied` → access_denied, `SlowDown` → throttled); an S3 503
+/// without a code is S3 asking to slow down, so throttled too.
+pub fn classify_store(operation: &str, err: &crate::sink::store::StoreError) -> TargetFailure {
+    let message = format!("{operation}: {}", err.message);
+    match err.code.as_deref() {
+        Some("HTTP 503") | Some("ServiceUnavailable") => {
+            TargetFailure::new(TargetStatus::Throttled, "SlowDown", message)
+        }
+        Some(code) => TargetFailure::new(status_for_code(code), code, message),
+        None => TargetFailure::new(TargetStatus::Error, operation, message),
+    }
+}
+
 /// Errors that stop a whole run before anything is published.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -124,6 +141,9 @@ pub enum RunError {
     Locked(String),
     #[error("publishing failed: {0}")]
     Publish(String),
+    /// The journal was committed (the data is published) but a later step failed.
+    #[error("published; finishing deferred to the next run: {0}")]
+    Deferred(String),
 }
 
 /// What the process exits with. Documented in the README and `--help`.
@@ -138,6 +158,9 @@ pub mod exit_code {
     pub const FAILED: i32 = 4;
     /// Another run holds the lake's lock (or took it over): this one did nothing.
     pub const LOCKED: i32 = 5;
+    /// Published (the journal was committed), but copying, advancing checkpoints or cleaning
+    /// up failed: the next run rolls the journal forward and finishes it.
+    pub const DEFERRED: i32 = 6;
 }
 
 #[cfg(test)]
@@ -161,5 +184,24 @@ mod tests {
         );
         assert_eq!(status_for_code("InternalServerError"), TargetStatus::Error);
         assert_eq!(TargetStatus::RegionDisabled.as_str(), "region_disabled");
+    }
+
+    #[test]
+    fn store_errors_are_classified_by_their_s3_code() {
+        let err = |code: Option<&str>| crate::sink::store::StoreError {
+            key: "AWSLogs/".into(),
+            message: "failed".into(),
+            code: code.map(str::to_owned),
+        };
+        let status = |code| classify_store("s3:ListObjectsV2", &err(code)).status;
+        assert_eq!(status(Some("AccessDenied")), TargetStatus::AccessDenied);
+        assert_eq!(status(Some("SlowDown")), TargetStatus::Throttled);
+        assert_eq!(status(Some("HTTP 503")), TargetStatus::Throttled);
+        assert_eq!(status(Some("InternalError")), TargetStatus::Error);
+        assert_eq!(status(None), TargetStatus::Error);
+        assert_eq!(
+            classify_store("s3:GetObject", &err(Some("AccessDenied"))).class,
+            "AccessDenied"
+        );
     }
 }

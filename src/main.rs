@@ -66,6 +66,7 @@ fn exit_for(err: &RunError) -> i32 {
     match err {
         RunError::Config(_) => exit_code::CONFIG,
         RunError::Locked(_) => exit_code::LOCKED,
+        RunError::Deferred(_) => exit_code::DEFERRED,
         _ => exit_code::FAILED,
     }
 }

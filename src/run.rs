@@ -95,6 +95,13 @@ struct Collector {
     correlations: Mutex<Vec<Correlation>>,
 }
 
+/// The UTC day of an epoch-ms time (a `dt` partition).
+fn day_of(ms: i64) -> chrono::NaiveDate {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.date_naive())
+        .unwrap_or_default()
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -163,12 +170,57 @@ struct RunContext<'a> {
     started: Instant,
 }
 
+/// What the top of a lake may hold: its tables and guardlake's own `_` folders.
+const LAKE_ENTRIES: [&str; 8] = [
+    "findings",
+    "runs",
+    "cloudtrail_events",
+    "finding_events",
+    "schema_drift",
+    "_state",
+    "_staging",
+    "_quarantine",
+];
+
+/// Refuses an output that holds something else: recovery deletes staging no journal names,
+/// so a directory or prefix with files of its own must never be taken for a lake. New, empty
+/// and existing lakes (`_state` or `runs` at the top) are fine.
+async fn check_is_lake(store: &Store) -> Result<(), RunError> {
+    let names = store.list_children("").await.map_err(store_err)?;
+    let is_lake = names.iter().any(|n| n == "_state" || n == "runs");
+    let foreign: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !LAKE_ENTRIES.contains(n))
+        .collect();
+    if names.is_empty() || (is_lake && foreign.is_empty()) {
+        return Ok(());
+    }
+    let found = if foreign.is_empty() {
+        names.iter().map(String::as_str).collect::<Vec<_>>()
+    } else {
+        foreign
+    };
+    let shown: Vec<&str> = found.iter().take(5).copied().collect();
+    Err(RunError::Config(crate::config::ConfigError::Invalid {
+        key: "output",
+        flag: "--output",
+        problem: format!(
+            "{} is not empty and is not a guardlake lake (it holds {})",
+            store.uri(""),
+            shown.join(", ")
+        ),
+        fix: "point --output at a new or empty directory or prefix, or at an existing lake".into(),
+    }))
+}
+
 /// Takes the run lock and finishes whatever an interrupted run committed.
 async fn lock_and_recover(
     store: &Arc<Store>,
     run_id: &str,
     config: &ValidatedConfig,
 ) -> Result<Arc<RunLock>, RunError> {
+    check_is_lake(store).await?;
     let lock = RunLock::acquire(store, run_id, Duration::from_secs(config.lock_lease_secs))
         .await
         .map_err(|e| match e {
@@ -176,9 +228,18 @@ async fn lock_and_recover(
             other => RunError::Locked(other.to_string()),
         })?;
     crash_point("after_lock");
-    let recovery = journal::recover(store)
-        .await
-        .map_err(|e| RunError::Publish(e.to_string()))?;
+    let recovery = match journal::recover(store).await {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            // A run that cannot recover must not leave the lake locked for a whole lease.
+            if let Err(release) = lock.release(store).await {
+                warn!(error = %release, "Could not release the run lock; it expires with its lease.");
+            }
+            return Err(RunError::Publish(format!(
+                "recovering an interrupted run: {e}"
+            )));
+        }
+    };
     if recovery.rolled_forward + recovery.discarded_runs > 0 {
         info!(
             rolled_forward = recovery.rolled_forward,
@@ -293,21 +354,14 @@ async fn collect_and_publish(
     } = *ctx;
     // A backfill skips the versions the lake already has in the window's partitions.
     let existing = match options.backfill {
-        Some(window) => {
-            let day = |ms: i64| {
-                DateTime::<Utc>::from_timestamp_millis(ms)
-                    .map(|t| t.date_naive())
-                    .unwrap_or_default()
-            };
-            crate::sink::lake::existing_versions(
-                store,
-                work_dir,
-                day(window.since_ms),
-                day(window.until_ms),
-            )
-            .await
-            .map_err(RunError::Encode)?
-        }
+        Some(window) => crate::sink::lake::existing_versions(
+            store,
+            work_dir,
+            day_of(window.since_ms),
+            day_of(window.until_ms),
+        )
+        .await
+        .map_err(RunError::Encode)?,
         None => HashSet::new(),
     };
     let stamp = RunStamp {
@@ -394,12 +448,24 @@ async fn collect_and_publish(
     };
     for result in results {
         totals.duplicates_skipped += result.duplicates;
-        if result.failure.is_none() && options.backfill.is_none() {
-            let mark = result.chain.mark.advance(
+        // A target that failed partway keeps its window but records what it published, so
+        // no later run writes those versions again.
+        let overlap_ms = config.overlap_secs * 1000;
+        let mark = match &result.failure {
+            _ if options.backfill.is_some() => None,
+            None => Some(result.chain.mark.advance(
                 result.chain.window.end_ms,
-                config.overlap_secs * 1000,
+                overlap_ms,
                 result.new_versions,
-            );
+            )),
+            Some(_) if !result.new_versions.is_empty() => Some(result.chain.mark.hold(
+                result.chain.window.start_ms,
+                overlap_ms,
+                result.new_versions,
+            )),
+            Some(_) => None,
+        };
+        if let Some(mark) = mark {
             let body = serde_json::to_string(&mark).map_err(|e| RunError::Encode(e.to_string()))?;
             journal.checkpoints.push(Checkpoint {
                 key: state::key(SOURCE, &result.chain.account_id, &result.chain.region),
@@ -489,14 +555,22 @@ async fn collect_and_publish(
     // Schema drift seen for the first time: a table row each, remembered in a checkpoint.
     let drift = std::mem::take(&mut *collector.drift.lock().unwrap_or_else(|p| p.into_inner()));
     if !drift.entries.is_empty() {
-        let (mut seen, tag): (BTreeSet<(String, String, String)>, Option<Tag>) =
-            match store.get_tagged(DRIFT_STATE).await.map_err(store_err)? {
-                Some((bytes, tag)) => (
-                    serde_json::from_slice(&bytes).unwrap_or_default(),
-                    Some(tag),
-                ),
-                None => (BTreeSet::new(), None),
-            };
+        let (mut seen, tag): (BTreeSet<(String, String, String)>, Option<Tag>) = match store
+            .get_tagged(DRIFT_STATE)
+            .await
+            .map_err(store_err)?
+        {
+            Some((bytes, tag)) => match serde_json::from_slice(&bytes) {
+                Ok(seen) => (seen, Some(tag)),
+                Err(e) => {
+                    // Never a silent reset: report this run's drift, leave the file alone.
+                    warn!(key = %store.uri(DRIFT_STATE), error = %e, "The schema-drift state is not valid JSON; drift is reported but not remembered until it is fixed or removed.");
+                    (BTreeSet::new(), None)
+                }
+            },
+            None => (BTreeSet::new(), None),
+        };
+        let corrupt = tag.is_none() && store.exists(DRIFT_STATE).await.map_err(store_err)?;
         let new: Vec<_> = drift
             .entries
             .iter()
@@ -520,11 +594,13 @@ async fn collect_and_publish(
                     .map(|((t, p, k), _)| (t.clone(), p.clone(), k.as_str().to_owned())),
             );
             let body = serde_json::to_string(&seen).map_err(|e| RunError::Encode(e.to_string()))?;
-            journal.checkpoints.push(Checkpoint {
-                key: DRIFT_STATE.to_owned(),
-                body,
-                expected: tag,
-            });
+            if !corrupt {
+                journal.checkpoints.push(Checkpoint {
+                    key: DRIFT_STATE.to_owned(),
+                    body,
+                    expected: tag,
+                });
+            }
         }
     }
     for (i, (path, key)) in files.iter().enumerate() {
@@ -546,14 +622,20 @@ async fn collect_and_publish(
 
     // Still ours? Then commit: from the journal on, the run's output is as good as published.
     if let Some(lock) = lock {
-        lock.renew(store)
-            .await
-            .map_err(|e| RunError::Locked(e.to_string()))?;
+        lock.renew(store).await.map_err(|e| match e {
+            LockError::Store(e) => store_err(e),
+            other => RunError::Locked(other.to_string()),
+        })?;
     }
     crash_point("before_journal");
-    journal::commit(store, &journal, "")
+    journal::write(store, &journal)
         .await
         .map_err(|e| RunError::Publish(e.to_string()))?;
+    crash_point("after_journal");
+    // Committed: from here a failure leaves the rest to the next run's roll-forward.
+    journal::apply(store, &journal, "")
+        .await
+        .map_err(|e| RunError::Deferred(e.to_string()))?;
 
     if options.compact {
         let today = Utc::now().date_naive();
@@ -605,6 +687,7 @@ async fn collect_cloudtrail(
 ) -> Result<TrailOutput, RunError> {
     let RunContext {
         config,
+        options,
         aws,
         store,
         run_id,
@@ -662,6 +745,19 @@ async fn collect_cloudtrail(
         }
         _ => None,
     };
+    // A backfill adds only the events the lake lacks, and moves no checkpoint.
+    let lake_has: HashSet<String> = match options.backfill {
+        Some(window) => crate::sink::lake::existing_event_ids(
+            store,
+            work_dir,
+            day_of(window.since_ms),
+            day_of(window.until_ms),
+        )
+        .await
+        .map_err(RunError::Encode)?,
+        None => HashSet::new(),
+    };
+    let lake_has = &lake_has;
     let state_source = if org_trail.is_some() {
         "orgtrail"
     } else {
@@ -678,47 +774,43 @@ async fn collect_cloudtrail(
             async move {
                 let span = info_span!("target", account_id = %account, source = "cloudtrail");
                 async {
-                    let loaded = store
-                        .get_tagged(&trail::state_key(state_source, &account))
-                        .await
-                        .map_err(store_err)?;
+                    let key = trail::state_key(state_source, &account);
+                    let loaded = store.get_tagged(&key).await.map_err(store_err)?;
                     let (state, tag) = match loaded {
-                        Some((bytes, tag)) => (
-                            serde_json::from_slice(&bytes).unwrap_or_default(),
-                            Some(tag),
-                        ),
+                        Some((bytes, tag)) => match serde_json::from_slice(&bytes) {
+                            Ok(state) => (state, Some(tag)),
+                            // Never a silent reset: that would re-read and re-publish.
+                            Err(e) => {
+                                let failure = TargetFailure::new(
+                                    TargetStatus::Error,
+                                    "CorruptState",
+                                    format!("{}: not a valid CloudTrail checkpoint ({e}); fix or remove it", store.uri(&key)),
+                                );
+                                return Ok((account.clone(), regions, Err(failure), None, 0));
+                            }
+                        },
                         None => (trail::AccountState::default(), None),
                     };
                     let started = Instant::now();
                     let overlap_ms = config.overlap_secs * 1000;
                     let outcome = match org_trail {
-                        Some((source, org_id, rules)) => Ok(orgtrail::collect_account(
-                            source,
-                            org_id,
-                            &account,
-                            &regions,
-                            rules,
-                            state,
-                            first_start,
-                            overlap_ms,
-                            run_start_ms,
-                        )
-                        .await),
+                        Some((source, org_id, rules)) => {
+                            let reading = match options.backfill {
+                                Some(b) => orgtrail::Reading::Backfill { since_ms: b.since_ms, until_ms: b.until_ms },
+                                None => orgtrail::Reading::Incremental { first_start_ms: first_start, slack_ms: overlap_ms },
+                            };
+                            let trail = orgtrail::Trail { source, org_id, rules };
+                            Ok(orgtrail::collect_account(&trail, &account, &regions, state, reading, run_start_ms, lake_has).await)
+                        }
                         None => match aws.account_config(&account).await {
-                            Ok(sdk) => Ok(trail::collect_account(
-                                &sdk,
-                                &limiter,
-                                &account,
-                                &regions,
-                                &config.watchlist,
-                                &mine,
-                                state,
-                                first_start,
-                                overlap_ms,
-                                config.lookup_pad_secs * 1000,
-                                run_start_ms,
-                            )
-                            .await),
+                            Ok(sdk) => {
+                                let windows = match options.backfill {
+                                    Some(b) => trail::Windows::Backfill { since_ms: b.since_ms, until_ms: b.until_ms },
+                                    None => trail::Windows::Incremental { first_start_ms: first_start, overlap_ms, until_ms: run_start_ms },
+                                };
+                                let lookups = trail::Lookups { watchlist: &config.watchlist, correlations: &mine, pad_ms: config.lookup_pad_secs * 1000, lake_has };
+                                Ok(trail::collect_account(&sdk, &limiter, &account, &regions, &lookups, state, windows).await)
+                            }
                             Err(failure) => Err(failure),
                         },
                     };
@@ -805,13 +897,21 @@ async fn collect_cloudtrail(
                         duration_ms,
                     ));
                 }
-                let body = serde_json::to_string(&collected.state)
-                    .map_err(|e| RunError::Encode(e.to_string()))?;
-                output.checkpoints.push(Checkpoint {
-                    key: trail::state_key(state_source, &account),
-                    body,
-                    expected: tag,
+                if options.backfill.is_none() {
+                    let body = serde_json::to_string(&collected.state)
+                        .map_err(|e| RunError::Encode(e.to_string()))?;
+                    output.checkpoints.push(Checkpoint {
+                        key: trail::state_key(state_source, &account),
+                        body,
+                        expected: tag,
+                    });
+                }
+                let objects: (u64, u64) = collected.regions.values().fold((0, 0), |(r, s), st| {
+                    (r + st.objects_read, s + st.objects_skipped)
                 });
+                if org_trail.is_some() {
+                    info!(account_id = %account, objects_read = objects.0, objects_skipped = objects.1, "Read the organization trail.");
+                }
                 for row in collected.rows {
                     if seen.insert(row.event_id().to_owned()) {
                         events.push(row).map_err(encode)?;
@@ -971,9 +1071,30 @@ async fn plan(
         }
     }
     for (account_id, region, members) in pairs {
-        let loaded = state::load(store, SOURCE, &account_id, &region)
-            .await
-            .map_err(store_err)?;
+        // One unreadable checkpoint fails its target, not the run.
+        let loaded = match state::load(store, SOURCE, &account_id, &region).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let failure = match e.code {
+                    Some(_) => crate::error::classify_store("s3:GetObject", &e),
+                    None => TargetFailure::new(
+                        TargetStatus::Error,
+                        "CorruptState",
+                        format!("{}: {}; fix or remove it", store.uri(&e.key), e.message),
+                    ),
+                };
+                failed.push(failure_outcome(&account_id, &region, failure));
+                continue;
+            }
+        };
+        // A watermark in the future would make the target pull nothing, ever.
+        let loaded = loaded.map(|(mut mark, tag)| {
+            if mark.watermark_ms > run_start_ms {
+                warn!(account_id = %account_id, region = %region, watermark = %iso(mark.watermark_ms), "A checkpoint lies in the future; pulling from now instead.");
+                mark.watermark_ms = run_start_ms;
+            }
+            (mark, tag)
+        });
         let window = match (backfill, &loaded) {
             (Some(b), _) => Window {
                 start_ms: b.since_ms,

@@ -142,6 +142,10 @@ pub enum BadRecord {
     NoEventId,
     #[error("the record has no valid eventTime")]
     NoEventTime,
+    #[error(
+        "the record is {0} bytes, over the limit of 16 MiB (MAX_RECORD_BYTES); it was not kept"
+    )]
+    TooLarge(u64),
 }
 
 impl EventRow {

@@ -63,6 +63,45 @@ pub async fn read_files(
     Ok(batches)
 }
 
+/// The keys of a table's partitions from `first` to `last` (inclusive).
+async fn files_between(
+    store: &Store,
+    table: &str,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    for (dt, files) in partitions(store, table).await.map_err(|e| e.to_string())? {
+        let Ok(date) = NaiveDate::parse_from_str(&dt, "%Y-%m-%d") else {
+            continue;
+        };
+        if (first..=last).contains(&date) {
+            keys.extend(files.into_iter().map(|(k, _)| k));
+        }
+    }
+    Ok(keys)
+}
+
+/// The event ids in `cloudtrail_events` partitions from `first` to `last` (inclusive): what a
+/// CloudTrail backfill must not add again.
+pub async fn existing_event_ids(
+    store: &Store,
+    work_dir: &Path,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<HashSet<String>, String> {
+    let names = files_between(store, "cloudtrail_events", first, last).await?;
+    let mut ids = HashSet::new();
+    for batch in read_files(store, &names, work_dir).await? {
+        let column = batch
+            .column_by_name("event_id")
+            .ok_or("cloudtrail_events file without event_id")?
+            .as_string::<i32>();
+        ids.extend(column.iter().flatten().map(str::to_owned));
+    }
+    Ok(ids)
+}
+
 /// (account_id, region, id, updated_at ms) of every finding version in `findings` partitions
 /// from `first` to `last` (inclusive).
 pub async fn existing_versions(
@@ -72,37 +111,26 @@ pub async fn existing_versions(
     last: NaiveDate,
 ) -> Result<HashSet<(String, String, String, i64)>, String> {
     let mut keys = HashSet::new();
-    for (dt, files) in partitions(store, "findings")
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let Ok(date) = NaiveDate::parse_from_str(&dt, "%Y-%m-%d") else {
-            continue;
+    let names = files_between(store, "findings", first, last).await?;
+    for batch in read_files(store, &names, work_dir).await? {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("findings file without {name}"))
         };
-        if date < first || date > last {
-            continue;
-        }
-        let names: Vec<String> = files.into_iter().map(|(k, _)| k).collect();
-        for batch in read_files(store, &names, work_dir).await? {
-            let column = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| format!("findings file without {name}"))
-            };
-            let (accounts, regions, ids) = (
-                column("account_id")?.as_string::<i32>(),
-                column("region")?.as_string::<i32>(),
-                column("id")?.as_string::<i32>(),
-            );
-            let updated = column("updated_at")?.as_primitive::<TimestampMillisecondType>();
-            for row in 0..batch.num_rows() {
-                keys.insert((
-                    accounts.value(row).to_owned(),
-                    regions.value(row).to_owned(),
-                    ids.value(row).to_owned(),
-                    updated.value(row),
-                ));
-            }
+        let (accounts, regions, ids) = (
+            column("account_id")?.as_string::<i32>(),
+            column("region")?.as_string::<i32>(),
+            column("id")?.as_string::<i32>(),
+        );
+        let updated = column("updated_at")?.as_primitive::<TimestampMillisecondType>();
+        for row in 0..batch.num_rows() {
+            keys.insert((
+                accounts.value(row).to_owned(),
+                regions.value(row).to_owned(),
+                ids.value(row).to_owned(),
+                updated.value(row),
+            ));
         }
     }
     Ok(keys)

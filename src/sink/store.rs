@@ -9,8 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::io::AsyncReadExt;
 
 /// Default multipart threshold and part size: uploads above it use multipart, in parts of it.
@@ -25,6 +28,20 @@ const LOCAL_TMP: &str = "_staging/.tmp";
 pub struct StoreError {
     pub key: String,
     pub message: String,
+    /// The service's error code (`AccessDenied`, `SlowDown`, …), `HTTP <status>` when the answer
+    /// had none, `Timeout` / `DispatchFailure` when no answer came; `None` for local errors.
+    /// [`crate::error::classify_store`] reads it.
+    pub code: Option<String>,
+}
+
+impl StoreError {
+    pub fn new(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self {
+            key: key.into(),
+            message: message.to_string(),
+            code: None,
+        }
+    }
 }
 
 /// A conditional write lost: the object existed, or changed since it was read.
@@ -36,32 +53,57 @@ pub enum PutError {
     Store(#[from] StoreError),
 }
 
-fn sdk_text<E: std::error::Error>(err: E) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
-}
+type S3Error<E> = SdkError<E, HttpResponse>;
 
 fn store_error(key: &str, message: impl std::fmt::Display) -> StoreError {
+    StoreError::new(key, message)
+}
+
+/// An S3 error as a store error that keeps the service's code (or the HTTP status) for the
+/// classifier, instead of only its text.
+fn sdk_error<E>(key: &str, err: S3Error<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = match &err {
+        SdkError::ServiceError(service) => service
+            .err()
+            .code()
+            .map(str::to_owned)
+            .or_else(|| Some(format!("HTTP {}", service.raw().status().as_u16()))),
+        SdkError::TimeoutError(_) => Some("Timeout".to_owned()),
+        SdkError::DispatchFailure(_) => Some("DispatchFailure".to_owned()),
+        SdkError::ResponseError(response) => {
+            Some(format!("HTTP {}", response.raw().status().as_u16()))
+        }
+        _ => None,
+    };
     StoreError {
         key: key.to_owned(),
-        message: message.to_string(),
+        message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+        code,
     }
 }
 
 /// True when an S3 error is a failed precondition (412) or a conditional-write conflict (409).
-fn is_precondition_failure<E, R>(
-    err: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
-) -> bool
-where
-    R: std::fmt::Debug,
-{
-    use aws_smithy_runtime_api::client::result::SdkError;
+fn is_precondition_failure<E>(err: &S3Error<E>) -> bool {
     match err {
         SdkError::ServiceError(service) => {
-            let raw = format!("{:?}", service.raw());
-            raw.contains("StatusCode(412)") || raw.contains("StatusCode(409)")
+            matches!(service.raw().status().as_u16(), 409 | 412)
         }
         _ => false,
     }
+}
+
+/// Whether a key stays inside the lake: relative, no `.` or `..` segment, no backslash, no
+/// control character. Keys read from state, journals and listings are checked with it.
+pub fn is_safe_key(key: &str) -> bool {
+    !key.starts_with('/')
+        && !key.contains('\\')
+        && !key.chars().any(char::is_control)
+        && key
+            .split('/')
+            .all(|segment| segment != ".." && segment != ".")
 }
 
 /// The version tag of an object: the S3 ETag, or a hash of the local file's bytes.
@@ -105,8 +147,18 @@ impl Store {
         }
     }
 
+    /// A key as a path under the local root: a key that could leave it (`..`, absolute, a
+    /// backslash or a control character) is refused, whatever it came from.
+    fn under_root(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
+        if is_safe_key(key) {
+            Ok(root.join(key))
+        } else {
+            Err(store_error(key, "refused: the key could leave the lake"))
+        }
+    }
+
     fn local_path(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
-        let path = root.join(key);
+        let path = Self::under_root(root, key)?;
         let dir = path
             .parent()
             .ok_or_else(|| store_error(key, "key has no directory"))?;
@@ -190,26 +242,19 @@ impl Store {
                         Err(e) if is_precondition_failure(&e) => {
                             Err(PutError::Conflict(key.to_owned()))
                         }
-                        Err(e) => Err(store_error(key, sdk_text(e)).into()),
+                        Err(e) => Err(sdk_error(key, e).into()),
                     }
                 } else {
                     let s3_key = self.s3_key(key);
                     multipart(
                         client,
                         bucket,
-                        &s3_key,
+                        (key, &s3_key),
                         local,
                         sse_kms_key_id.as_deref(),
                         *part_bytes,
                     )
-                    .await
-                    .map_err(|m| {
-                        if m == "412" {
-                            PutError::Conflict(key.to_owned())
-                        } else {
-                            store_error(key, m).into()
-                        }
-                    })?;
+                    .await?;
                     Ok(size)
                 }
             }
@@ -224,7 +269,7 @@ impl Store {
     /// Reads an object with its version tag, for a later `put_if`.
     pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, Tag)>, StoreError> {
         match self {
-            Self::Local { root } => match tokio::fs::read(root.join(key)).await {
+            Self::Local { root } => match tokio::fs::read(Self::under_root(root, key)?).await {
                 Ok(bytes) => {
                     let tag = content_tag(&bytes);
                     Ok(Some((bytes, tag)))
@@ -249,7 +294,7 @@ impl Store {
                     Ok(Some((bytes.into_bytes().to_vec(), tag)))
                 }
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-                Err(e) => Err(store_error(key, sdk_text(e))),
+                Err(e) => Err(sdk_error(key, e)),
             },
         }
     }
@@ -292,7 +337,7 @@ impl Store {
                     Err(e) if is_precondition_failure(&e) => {
                         Err(PutError::Conflict(key.to_owned()))
                     }
-                    Err(e) => Err(store_error(key, sdk_text(e)).into()),
+                    Err(e) => Err(sdk_error(key, e).into()),
                 }
             }
         }
@@ -309,10 +354,7 @@ impl Store {
                 let put = self
                     .put_request(key, ByteStream::from(bytes))
                     .ok_or_else(|| store_error(key, "not S3"))?;
-                put.send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| store_error(key, sdk_text(e)))
+                put.send().await.map(|_| ()).map_err(|e| sdk_error(key, e))
             }
         }
     }
@@ -323,7 +365,7 @@ impl Store {
             Self::Local { root } => {
                 let target = Self::local_path(root, to)?;
                 let temp = Self::local_tmp(root, to)?;
-                tokio::fs::copy(root.join(from), &temp)
+                tokio::fs::copy(Self::under_root(root, from)?, &temp)
                     .await
                     .map_err(|e| store_error(from, e))?;
                 tokio::fs::rename(&temp, &target)
@@ -347,10 +389,7 @@ impl Store {
                         .server_side_encryption(ServerSideEncryption::AwsKms)
                         .ssekms_key_id(kms);
                 }
-                copy.send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| store_error(to, sdk_text(e)))
+                copy.send().await.map(|_| ()).map_err(|e| sdk_error(to, e))
             }
         }
     }
@@ -358,11 +397,13 @@ impl Store {
     /// Deletes an object; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
-            Self::Local { root } => match tokio::fs::remove_file(root.join(key)).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(store_error(key, e)),
-            },
+            Self::Local { root } => {
+                match tokio::fs::remove_file(Self::under_root(root, key)?).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(store_error(key, e)),
+                }
+            }
             Self::S3 { client, bucket, .. } => client
                 .delete_object()
                 .bucket(bucket)
@@ -370,14 +411,14 @@ impl Store {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| store_error(key, sdk_text(e))),
+                .map_err(|e| sdk_error(key, e)),
         }
     }
 
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self {
-            Self::Local { root } => Ok(root.join(key).is_file()),
+            Self::Local { root } => Ok(Self::under_root(root, key)?.is_file()),
             Self::S3 { client, bucket, .. } => match client
                 .head_object()
                 .bucket(bucket)
@@ -387,17 +428,27 @@ impl Store {
             {
                 Ok(_) => Ok(true),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-                Err(e) => Err(store_error(key, sdk_text(e))),
+                Err(e) => Err(sdk_error(key, e)),
             },
         }
     }
 
     /// Every key under `prefix` (a folder path ending in '/'), with its size in bytes, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.list_after(prefix, None).await
+    }
+
+    /// The keys under `prefix` that sort after `start_after` (a whole key, as S3's
+    /// `StartAfter`), with their sizes, sorted: listing costs what comes after, not the prefix.
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut keys = Vec::new();
         match self {
             Self::Local { root } => {
-                let mut stack = vec![root.join(prefix)];
+                let mut stack = vec![Self::under_root(root, prefix)?];
                 while let Some(dir) = stack.pop() {
                     let entries = match std::fs::read_dir(&dir) {
                         Ok(entries) => entries,
@@ -423,13 +474,10 @@ impl Store {
                     .list_objects_v2()
                     .bucket(bucket)
                     .prefix(&full)
+                    .set_start_after(start_after.map(|key| self.s3_key(key)))
                     .into_paginator()
                     .send();
-                while let Some(page) = pages
-                    .try_next()
-                    .await
-                    .map_err(|e| store_error(prefix, sdk_text(e)))?
-                {
+                while let Some(page) = pages.try_next().await.map_err(|e| sdk_error(prefix, e))? {
                     for object in page.contents() {
                         if let Some(key) = object.key() {
                             keys.push((
@@ -442,13 +490,60 @@ impl Store {
             }
         }
         keys.sort();
+        if let Some(after) = start_after {
+            keys.retain(|(key, _)| key.as_str() > after);
+        }
         Ok(keys)
+    }
+
+    /// The names directly under `prefix` (sub-folders and objects, first 1,000), for messages
+    /// that say what is there instead of what was expected.
+    pub async fn list_children(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        match self {
+            Self::Local { root } => match std::fs::read_dir(Self::under_root(root, prefix)?) {
+                Ok(entries) => {
+                    for entry in entries.flatten().take(1000) {
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(store_error(prefix, e)),
+            },
+            Self::S3 { client, bucket, .. } => {
+                let full = self.s3_key(prefix);
+                let page = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&full)
+                    .delimiter("/")
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(prefix, e))?;
+                let below = |key: &str| {
+                    key.strip_prefix(&full)
+                        .map(|k| k.trim_end_matches('/').to_owned())
+                };
+                names.extend(
+                    page.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().and_then(below)),
+                );
+                names.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().and_then(below)),
+                );
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Downloads an object to a local file.
     pub async fn download(&self, key: &str, local: &Path) -> Result<(), StoreError> {
         match self {
-            Self::Local { root } => tokio::fs::copy(root.join(key), local)
+            Self::Local { root } => tokio::fs::copy(Self::under_root(root, key)?, local)
                 .await
                 .map(|_| ())
                 .map_err(|e| store_error(key, e)),
@@ -495,29 +590,30 @@ impl Drop for LocalLock {
     }
 }
 
+/// `keys` is (the store key, for errors; the S3 key).
 async fn multipart(
     client: &aws_sdk_s3::Client,
     bucket: &str,
-    s3_key: &str,
+    (key, s3_key): (&str, &str),
     local: &Path,
     kms: Option<&str>,
     part_bytes: u64,
-) -> Result<(), String> {
+) -> Result<(), PutError> {
     let mut create = client.create_multipart_upload().bucket(bucket).key(s3_key);
     if let Some(kms) = kms {
         create = create
             .server_side_encryption(ServerSideEncryption::AwsKms)
             .ssekms_key_id(kms);
     }
-    let upload = create.send().await.map_err(sdk_text)?;
+    let upload = create.send().await.map_err(|e| sdk_error(key, e))?;
     let upload_id = upload
         .upload_id()
-        .ok_or("CreateMultipartUpload returned no upload id")?
+        .ok_or_else(|| store_error(key, "CreateMultipartUpload returned no upload id"))?
         .to_owned();
     let result = async {
         let mut file = tokio::fs::File::open(local)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| store_error(key, e))?;
         let mut parts = Vec::new();
         let mut number = 1;
         loop {
@@ -526,7 +622,7 @@ async fn multipart(
                 .take(part_bytes)
                 .read_to_end(&mut buffer)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| store_error(key, e))?;
             if buffer.is_empty() {
                 break;
             }
@@ -539,7 +635,7 @@ async fn multipart(
                 .body(ByteStream::from(buffer))
                 .send()
                 .await
-                .map_err(sdk_text)?;
+                .map_err(|e| sdk_error(key, e))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -564,8 +660,8 @@ async fn multipart(
             .await;
         match completed {
             Ok(_) => Ok(()),
-            Err(e) if is_precondition_failure(&e) => Err("412".to_owned()),
-            Err(e) => Err(sdk_text(e)),
+            Err(e) if is_precondition_failure(&e) => Err(PutError::Conflict(key.to_owned())),
+            Err(e) => Err(sdk_error(key, e).into()),
         }
     }
     .await;

@@ -54,6 +54,40 @@ pub const DEFAULT_WATCHLIST: [&str; 20] = [
     "DisableKey",
 ];
 
+/// Error codes of denied calls. A record is kept as denied when its errorCode is one of these,
+/// or ends in `AccessDenied` / `AccessDeniedException` (`VpceAccessDenied`,
+/// `KMS.AccessDeniedException`, …), or when it is a failed console sign-in (`ConsoleLogin`
+/// with `responseElements.ConsoleLogin = "Failure"`, which has no errorCode).
+/// The org-trail mode applies it to every record; LookupEvents cannot search by error code,
+/// so the lookup mode keeps the denials its watch-list and correlated lookups return.
+pub const DENIED_CODES: [&str; 6] = [
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "Client.UnauthorizedOperation",
+    "VpceAccessDenied",
+    "UnauthorizedAccess",
+];
+
+/// Whether a record is a denied call (see [`DENIED_CODES`]).
+pub fn is_denied(row: &EventRow) -> bool {
+    if let Some(code) = row.error_code() {
+        return DENIED_CODES.contains(&code)
+            || code.ends_with("AccessDenied")
+            || code.ends_with("AccessDeniedException");
+    }
+    row.event_name() == Some("ConsoleLogin")
+        && row.response_elements().is_some_and(|text| {
+            #[derive(Deserialize)]
+            struct Login<'a> {
+                #[serde(rename = "ConsoleLogin", borrow)]
+                outcome: Option<std::borrow::Cow<'a, str>>,
+            }
+            serde_json::from_str::<Login>(text)
+                .is_ok_and(|login| login.outcome.as_deref() == Some("Failure"))
+        })
+}
+
 /// Event sources recorded in us-east-1 whatever region the caller used.
 pub const GLOBAL_SOURCES: [&str; 3] = [
     "iam.amazonaws.com",
@@ -86,15 +120,22 @@ pub struct Correlation {
     pub last_seen_ms: i64,
 }
 
-/// Per account: the watch-list watermark of each region and the events already published.
+/// Per account: the lookup watermark of each region, the org-trail cursors, and the events
+/// already published.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountState {
+    /// Lookup mode: per region, the end (epoch ms) of the last watch-list window read.
+    #[serde(default)]
     pub watermarks: BTreeMap<String, i64>,
     /// (event id, event time ms) published within CloudTrail's 90-day retention.
     pub published: Vec<(String, i64)>,
-    /// Org-trail mode: per region, the object keys already read (within the window's slack).
-    #[serde(default)]
+    /// Org-trail mode: per `<log type>/<region>` (`CloudTrail/eu-west-1`), where the next
+    /// listing starts and the keys read after it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, crate::sources::orgtrail::Cursor>,
+    /// Org-trail state of earlier versions (keys read per region); read once into `cursors`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objects: BTreeMap<String, Vec<String>>,
 }
 
@@ -129,6 +170,9 @@ pub struct RegionResult {
     pub read: u64,
     pub written: u64,
     pub quarantined: u64,
+    /// Org-trail mode: log objects read, and other objects under the log prefix passed over.
+    pub objects_read: u64,
+    pub objects_skipped: u64,
     pub failure: Option<TargetFailure>,
     pub window: Option<(i64, i64)>,
 }
@@ -184,24 +228,64 @@ async fn lookup(
     Ok(events)
 }
 
+/// Which windows a lookup run reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Windows {
+    /// The watch-list of each region from its watermark less `overlap_ms` (first run: from
+    /// `first_start_ms`) to `until_ms`; watermarks advance. An event that shows up in
+    /// LookupEvents after its eventTime is caught while it is inside the overlap.
+    Incremental {
+        first_start_ms: i64,
+        overlap_ms: i64,
+        until_ms: i64,
+    },
+    /// A backfill: `[since_ms, until_ms)` in every region; watermarks are left alone.
+    Backfill { since_ms: i64, until_ms: i64 },
+}
+
+impl Windows {
+    fn until_ms(self) -> i64 {
+        match self {
+            Self::Incremental { until_ms, .. } | Self::Backfill { until_ms, .. } => until_ms,
+        }
+    }
+}
+
+/// What a lookup run looks for, and what it must not add again.
+pub struct Lookups<'a> {
+    pub watchlist: &'a [String],
+    pub correlations: &'a [Correlation],
+    /// Time added before a finding's first and after its last sighting, in ms.
+    pub pad_ms: i64,
+    /// Event ids the lake already has (backfills).
+    pub lake_has: &'a HashSet<String>,
+}
+
 /// Work of one account: the watch-list in each region since its watermark, and the lookups
 /// behind each of the account's new finding versions.
-#[allow(clippy::too_many_arguments)]
 pub async fn collect_account(
     config: &aws_config::SdkConfig,
     limiter: &Limiter,
     account_id: &str,
     regions: &[String],
-    watchlist: &[String],
-    correlations: &[Correlation],
+    lookups: &Lookups<'_>,
     mut state: AccountState,
-    first_window_start_ms: i64,
-    overlap_ms: i64,
-    pad_ms: i64,
-    until_ms: i64,
+    windows: Windows,
 ) -> AccountResult {
+    let Lookups {
+        watchlist,
+        correlations,
+        pad_ms,
+        lake_has,
+    } = *lookups;
+    let until_ms = windows.until_ms();
     let mut result = AccountResult::default();
-    let published: HashSet<String> = state.published.iter().map(|(id, _)| id.clone()).collect();
+    let published: HashSet<String> = state
+        .published
+        .iter()
+        .map(|(id, _)| id.clone())
+        .chain(lake_has.iter().cloned())
+        .collect();
     let mut seen: HashSet<String> = HashSet::new();
     let client_for = |region: &str| {
         aws_sdk_cloudtrail::Client::from_conf(
@@ -230,11 +314,18 @@ pub async fn collect_account(
     // Watch-list, per region, since the region's watermark.
     let mut watch_hits: Vec<(String, String, i64)> = Vec::new(); // (region, event id, time)
     for region in regions {
-        let start = state
-            .watermarks
-            .get(region)
-            .map_or(first_window_start_ms, |w| w - overlap_ms)
-            .max(until_ms - RETENTION_MS);
+        let start = match windows {
+            Windows::Incremental {
+                first_start_ms,
+                overlap_ms,
+                ..
+            } => state
+                .watermarks
+                .get(region)
+                .map_or(first_start_ms, |w| w - overlap_ms),
+            Windows::Backfill { since_ms, .. } => since_ms,
+        }
+        .max(until_ms - RETENTION_MS);
         let window = (start, until_ms);
         result.regions.entry(region.clone()).or_default().window = Some(window);
         let client = client_for(region);
@@ -268,9 +359,10 @@ pub async fn collect_account(
             Some(failure) => {
                 result.regions.entry(region.clone()).or_default().failure = Some(failure)
             }
-            None => {
+            None if matches!(windows, Windows::Incremental { .. }) => {
                 state.watermarks.insert(region.clone(), until_ms);
             }
+            None => {}
         }
     }
 
@@ -430,6 +522,46 @@ pub fn link(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_recognised_by_every_documented_code_and_failed_sign_ins() {
+        let row = |extra: &str| {
+            normalize_text(&format!(
+                r#"{{"eventID":"e","eventTime":"2026-11-01T00:00:00Z","eventName":"X","awsRegion":"us-east-1","recipientAccountId":"111111111111"{extra}}}"#
+            ))
+            .unwrap()
+        };
+        for code in [
+            "AccessDenied",
+            "AccessDeniedException",
+            "UnauthorizedOperation",
+            "Client.UnauthorizedOperation",
+            "VpceAccessDenied",
+            "UnauthorizedAccess",
+            "KMS.AccessDeniedException",
+            "S3AccessDenied",
+        ] {
+            assert!(
+                is_denied(&row(&format!(r#","errorCode":"{code}""#))),
+                "{code}"
+            );
+        }
+        for code in ["ThrottlingException", "NoSuchBucket", "AccessDeniedish"] {
+            assert!(
+                !is_denied(&row(&format!(r#","errorCode":"{code}""#))),
+                "{code}"
+            );
+        }
+        let login = |outcome: &str| {
+            normalize_text(&format!(
+                r#"{{"eventID":"e","eventTime":"2026-11-01T00:00:00Z","eventName":"ConsoleLogin","awsRegion":"us-east-1","recipientAccountId":"111111111111","responseElements":{{"ConsoleLogin":"{outcome}"}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(is_denied(&login("Failure")));
+        assert!(!is_denied(&login("Success")));
+        assert!(!is_denied(&row("")));
+    }
 
     #[tokio::test]
     async fn the_limiter_spaces_calls_per_account_and_region() {

@@ -1,7 +1,9 @@
 //! The organization trail's S3 objects: `AWSLogs/<org>/<account>/CloudTrail/<region>/YYYY/MM/DD/*.json.gz`,
-//! each `{"Records":[...]}`. The path date is the delivery date, so a window is read with a day
-//! of slack on each side and filtered on eventTime; duplicates happen, so events are deduplicated
-//! on eventID.
+//! each `{"Records":[...]}`. The unit of completeness is the object, never an event-time window:
+//! delivery is not guaranteed to be prompt, so an object can arrive hours late holding events
+//! from before the previous run. Each log object is read exactly once (a [`Cursor`] per account,
+//! region and log type) and every relevant event in it is kept, whatever its eventTime;
+//! duplicates happen, so events are deduplicated on eventID.
 //!
 //! An object is decompressed as a stream and split into records by a small scanner that holds
 //! one record at a time, never the whole decompressed object. A corrupt gzip stream, a truncated
@@ -12,25 +14,34 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::cloudtrail::{
-    admit, keep_once, link, AccountResult, AccountState, BadEvent, Correlation, GLOBAL_REGION,
-    GLOBAL_SOURCES, RETENTION_MS,
+    admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation,
+    GLOBAL_REGION, GLOBAL_SOURCES, RETENTION_MS,
 };
-use crate::error::{TargetFailure, TargetStatus};
-use crate::normalize::cloudtrail::{normalize_text, EventRow, FindingEvent};
+use crate::error::{classify_store, TargetFailure, TargetStatus};
+use crate::normalize::cloudtrail::{normalize_text, BadRecord, EventRow, FindingEvent};
 use crate::sink::store::Store;
 
 /// Bytes decompressed per read.
 const CHUNK: usize = 256 * 1024;
+/// The largest record kept, in bytes of JSON (CloudTrail's own records are at most a few
+/// hundred KiB). A larger one is quarantined by size without being held in memory, so one
+/// hostile record cannot take the process down.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// Splits a `{"Records":[...]}` document into the raw bytes of each array element, fed in
 /// chunks. An element that lies inside one chunk is handed out as a slice of it (no copy); only
 /// an element cut by a chunk boundary is assembled in a buffer. String contents are skipped
 /// with `memchr`, so the scan touches few bytes one by one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecordSplitter {
+    /// Records longer than this are reported by size instead of handed out.
+    max_record: usize,
+    /// Bytes of the current element while it is too long to keep (its bytes are dropped).
+    oversized: Option<u64>,
     depth: u32,
     in_string: bool,
     escaped: bool,
@@ -44,6 +55,9 @@ pub struct RecordSplitter {
     in_element: bool,
 }
 
+/// One element of the Records array: its bytes, or `Err(length)` for one over the limit.
+pub type Record<'a> = Result<&'a [u8], u64>;
+
 /// What the scanner found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
@@ -53,9 +67,32 @@ pub enum SplitError {
     Truncated,
 }
 
+impl Default for RecordSplitter {
+    fn default() -> Self {
+        Self::new(MAX_RECORD_BYTES)
+    }
+}
+
 impl RecordSplitter {
-    /// Feeds bytes; calls `emit` with each complete element of the Records array.
-    pub fn feed(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&[u8])) {
+    pub fn new(max_record: usize) -> Self {
+        Self {
+            max_record,
+            oversized: None,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            last_key: Vec::new(),
+            key_buffer: None,
+            in_records: false,
+            finished: false,
+            carried: Vec::new(),
+            in_element: false,
+        }
+    }
+
+    /// Feeds bytes; calls `emit` with each complete element of the Records array, or with
+    /// `Err(bytes)` for an element longer than the limit (its bytes are never held).
+    pub fn feed(&mut self, bytes: &[u8], emit: &mut dyn FnMut(Record<'_>)) {
         // Where the current element starts in `bytes`; `None` while it started in an earlier
         // chunk (its start is in `carried`).
         let mut start: Option<usize> = None;
@@ -63,11 +100,21 @@ impl RecordSplitter {
         // Hands out the element ending before `end` (exclusive), trimmed.
         let mut finish = |this: &mut Self, start: Option<usize>, end: usize| {
             this.in_element = false;
+            let length = end - start.unwrap_or(0);
+            if let Some(before) = this.oversized.take() {
+                emit(Err(before + length as u64));
+                return;
+            }
             match start {
-                Some(s) => emit(bytes[s..end].trim_ascii()),
+                Some(_) if length > this.max_record => emit(Err(length as u64)),
+                Some(s) => emit(Ok(bytes[s..end].trim_ascii())),
+                None if this.carried.len() + length > this.max_record => {
+                    emit(Err((this.carried.len() + length) as u64));
+                    this.carried.clear();
+                }
                 None => {
                     this.carried.extend_from_slice(&bytes[..end]);
-                    emit(this.carried.trim_ascii());
+                    emit(Ok(this.carried.trim_ascii()));
                     this.carried.clear();
                 }
             }
@@ -167,9 +214,17 @@ impl RecordSplitter {
             i += 1;
         }
         if self.in_element {
-            match start {
-                Some(s) => self.carried = bytes[s..].to_vec(),
-                None => self.carried.extend_from_slice(bytes),
+            let rest = &bytes[start.unwrap_or(0)..];
+            if let Some(skipped) = self.oversized.as_mut() {
+                *skipped += rest.len() as u64;
+            } else if self.carried.len() + rest.len() > self.max_record {
+                // Too long to keep: count its bytes, hold none of them.
+                self.oversized = Some((self.carried.len() + rest.len()) as u64);
+                self.carried = Vec::new();
+            } else if start.is_some() {
+                self.carried = rest.to_vec();
+            } else {
+                self.carried.extend_from_slice(rest);
             }
         }
     }
@@ -186,9 +241,13 @@ impl RecordSplitter {
     }
 }
 
-/// Decompresses a `.json.gz` object as a stream and hands each record's bytes to `on_record`.
-/// Returns the number of records, or why the object stopped early (after the records it had).
-pub fn read_object(compressed: &[u8], on_record: &mut dyn FnMut(&[u8])) -> Result<usize, String> {
+/// Decompresses a `.json.gz` object as a stream and hands each record's bytes to `on_record`
+/// (`Err(bytes)` for a record over [`MAX_RECORD_BYTES`]). Returns the number of records, or why
+/// the object stopped early (after the records it had).
+pub fn read_object(
+    compressed: &[u8],
+    on_record: &mut dyn FnMut(Record<'_>),
+) -> Result<usize, String> {
     let mut decoder = flate2::read::GzDecoder::new(compressed);
     let mut splitter = RecordSplitter::default();
     let mut buffer = vec![0u8; CHUNK];
@@ -216,33 +275,118 @@ pub fn record_text(bytes: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
+/// The log types read from the trail: management and data events, and CloudTrail Insights
+/// events (rare, and every one relevant). `CloudTrail-Digest/` and other objects are not read.
+pub const LOG_KINDS: [&str; 2] = ["CloudTrail", "CloudTrail-Insight"];
+const INSIGHT: &str = "CloudTrail-Insight";
+
+/// The prefix of one log type of one account and region:
+/// `AWSLogs/<org>/<account>/<kind>/<region>/`, under which keys are `YYYY/MM/DD/<name>`.
+pub fn log_prefix(org_id: &str, account_id: &str, kind: &str, region: &str) -> String {
+    format!("AWSLogs/{org_id}/{account_id}/{kind}/{region}/")
+}
+
 /// The object-key prefix of one delivery day.
-pub fn day_prefix(org_id: &str, account_id: &str, region: &str, day: chrono::NaiveDate) -> String {
+pub fn day_prefix(org_id: &str, account_id: &str, region: &str, day: NaiveDate) -> String {
     format!(
-        "AWSLogs/{org_id}/{account_id}/CloudTrail/{region}/{}/",
+        "{}{}/",
+        log_prefix(org_id, account_id, "CloudTrail", region),
         day.format("%Y/%m/%d")
     )
+}
+
+/// Where the next listing of one log prefix starts (S3 `StartAfter`), and the keys already read
+/// that sort after it, so that none is read twice. Keys are named by delivery time
+/// (`YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHmmZ>_<random>.json.gz`), so an
+/// object delivered late is a new key after those read: listing from shortly before the last
+/// key read finds it, and costs what was delivered since, not the days covered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub start_after: String,
+    pub recent: Vec<String>,
+}
+
+impl Cursor {
+    /// After reading `seen` (sorted keys that were listed after `start_after`): the listing
+    /// start moves to `slack_ms` before the delivery time of the last key seen (never back),
+    /// and `recent` keeps exactly the keys read that the next listing returns again.
+    fn advance(&mut self, prefix: &str, seen: &[String], slack_ms: i64) {
+        if let Some(start) = seen.last().and_then(|k| back_off(prefix, k, slack_ms)) {
+            if start > self.start_after {
+                self.start_after = start;
+            }
+        }
+        let after = self.start_after.as_str();
+        let mut recent: Vec<String> = std::mem::take(&mut self.recent)
+            .into_iter()
+            .chain(seen.iter().cloned())
+            .filter(|k| k.as_str() > after)
+            .collect();
+        recent.sort();
+        recent.dedup();
+        self.recent = recent;
+    }
+}
+
+/// A listing start `slack_ms` before a key's delivery time: the name's `YYYYMMDDTHHmmZ` when it
+/// has one (CloudTrail's names), else the start of its delivery-day folder.
+fn back_off(prefix: &str, key: &str, slack_ms: i64) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?;
+    let day = NaiveDate::parse_from_str(rest.get(..10)?, "%Y/%m/%d").ok()?;
+    let name = rest.get(11..)?;
+    let parts: Vec<&str> = name.split('_').collect();
+    let stamp = parts
+        .iter()
+        .position(|p| p.len() == 14 && NaiveDateTime::parse_from_str(p, "%Y%m%dT%H%MZ").is_ok());
+    Some(match stamp {
+        Some(at) => {
+            let delivered = NaiveDateTime::parse_from_str(parts[at], "%Y%m%dT%H%MZ").ok()?;
+            let start = delivered - Duration::milliseconds(slack_ms);
+            format!(
+                "{prefix}{}/{}_{}",
+                start.format("%Y/%m/%d"),
+                parts[..at].join("_"),
+                start.format("%Y%m%dT%H%MZ")
+            )
+        }
+        None => format!("{prefix}{}/", day.format("%Y/%m/%d")),
+    })
+}
+
+/// Whether a key under a log prefix is a log object: `YYYY/MM/DD/<name>.json.gz`.
+fn is_log_object(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|rest| {
+        rest.get(..10)
+            .is_some_and(|day| NaiveDate::parse_from_str(day, "%Y/%m/%d").is_ok())
+            && rest.get(10..11) == Some("/")
+            && rest.ends_with(".json.gz")
+            && !rest[11..].contains('/')
+    })
+}
+
+/// How a run reads the trail.
+#[derive(Debug, Clone, Copy)]
+pub enum Reading {
+    /// Every object delivered since the cursor (on a first run, since `first_start_ms`), with
+    /// every relevant event in it whatever its eventTime. `slack_ms` is how far before the
+    /// last key read the next listing starts (objects can become visible out of order).
+    Incremental { first_start_ms: i64, slack_ms: i64 },
+    /// A backfill: the objects of the window's delivery days and the day after, events with
+    /// eventTime in `[since_ms, until_ms)`; cursors are left alone.
+    Backfill { since_ms: i64, until_ms: i64 },
 }
 
 /// Which records of the trail are relevant: the watch-list, error codes of denied calls, and
 /// the events of new finding versions (same rules as the lookup mode's correlation).
 pub struct Rules {
     pub watchlist: HashSet<String>,
-    pub error_codes: HashSet<&'static str>,
     pub by_key: HashMap<String, Vec<Correlation>>,
     pub by_user: HashMap<String, Vec<Correlation>>,
     pub pad_ms: i64,
     /// Keep every record (the benchmark's like-for-like comparison with DuckDB).
     pub keep_all: bool,
 }
-
-/// Error codes of denied calls, kept wherever they appear.
-pub const DENIED_CODES: [&str; 4] = [
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnauthorizedOperation",
-    "Client.UnauthorizedOperation",
-];
 
 impl Rules {
     pub fn new(watchlist: &[String], correlations: &[Correlation], pad_ms: i64) -> Self {
@@ -257,7 +401,6 @@ impl Rules {
         }
         Self {
             watchlist: watchlist.iter().cloned().collect(),
-            error_codes: DENIED_CODES.into_iter().collect(),
             by_key,
             by_user,
             pad_ms,
@@ -272,9 +415,7 @@ impl Rules {
     /// Whether to keep the event, and the finding versions it explains.
     pub fn judge(&self, row: &EventRow) -> (bool, Vec<FindingEvent>) {
         let watched = row.event_name().is_some_and(|n| self.watchlist.contains(n));
-        let denied = row
-            .error_code()
-            .is_some_and(|c| self.error_codes.contains(c));
+        let denied = is_denied(row);
         let global = row
             .event_source()
             .is_some_and(|s| GLOBAL_SOURCES.contains(&s));
@@ -324,8 +465,17 @@ impl Rules {
     }
 }
 
-/// Reads one object's records into `result`: relevant ones inside `window`, once per run and
-/// never again once published; bad ones quarantined with the object key.
+/// What `take_object` keeps of an object's records.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Only events with eventTime in `[start, end)` (backfills); `None`: every event.
+    pub window: Option<(i64, i64)>,
+    /// Every event, relevant or not (Insights events).
+    pub all: bool,
+}
+
+/// Reads one object's records into `result`: relevant ones once per run and never again once
+/// published; bad ones quarantined with the object key.
 #[allow(clippy::too_many_arguments)]
 pub fn take_object(
     result: &mut AccountResult,
@@ -336,20 +486,26 @@ pub fn take_object(
     region: &str,
     key: &str,
     compressed: &[u8],
-    window: (i64, i64),
+    keep: Keep,
 ) {
     let mut links = Vec::new();
-    let outcome = read_object(compressed, &mut |bytes| {
-        let normalized = normalize_text(&record_text(bytes));
+    let outcome = read_object(compressed, &mut |record| {
+        let normalized = match record {
+            Ok(bytes) => normalize_text(&record_text(bytes)),
+            Err(length) => Err((BadRecord::TooLarge(length), String::new())),
+        };
         let Some(row) = admit(result, account_id, region, Some(key), normalized) else {
             return;
         };
-        if !(window.0..window.1).contains(&row.event_time_ms) {
+        if keep
+            .window
+            .is_some_and(|(start, end)| !(start..end).contains(&row.event_time_ms))
+        {
             return;
         }
-        let (keep, found) = rules.judge(&row);
+        let (relevant, found) = rules.judge(&row);
         links.extend(found);
-        if keep {
+        if relevant || keep.all {
             keep_once(result, seen, published, region, row);
         }
     });
@@ -367,112 +523,290 @@ pub fn take_object(
     result.links.extend(links);
 }
 
-/// The org trail of one account: every region's delivery days around the window, objects not
-/// read before, relevant records kept.
-#[allow(clippy::too_many_arguments)]
-pub async fn collect_account(
-    source: &Store,
-    org_id: &str,
-    account_id: &str,
-    regions: &[String],
-    rules: &Rules,
-    mut state: AccountState,
-    first_window_start_ms: i64,
-    overlap_ms: i64,
-    until_ms: i64,
-) -> AccountResult {
-    let mut result = AccountResult::default();
-    let published: HashSet<String> = state.published.iter().map(|(id, _)| id.clone()).collect();
-    let mut seen = HashSet::new();
-    for region in regions {
-        let start = state
-            .watermarks
-            .get(region)
-            .map_or(first_window_start_ms, |w| w - overlap_ms);
-        let window = (start, until_ms);
-        result.regions.entry(region.clone()).or_default().window = Some(window);
-        let day = |ms: i64| {
-            DateTime::<Utc>::from_timestamp_millis(ms)
-                .map(|t| t.date_naive())
-                .unwrap_or_default()
-        };
-        let (first_day, last_day) = (
-            day(start) - Duration::days(1),
-            day(until_ms) + Duration::days(1),
-        );
-        let read_before: HashSet<String> = state
-            .objects
-            .get(region)
-            .map(|keys| keys.iter().cloned().collect())
-            .unwrap_or_default();
-        let mut read_now = Vec::new();
-        let mut failure = None;
-        let mut current = first_day;
-        'days: while current <= last_day {
-            let keys = match source
-                .list(&day_prefix(org_id, account_id, region, current))
-                .await
-            {
-                Ok(keys) => keys,
-                Err(e) => {
-                    failure = Some(TargetFailure::new(
-                        TargetStatus::Error,
-                        "TrailList",
-                        e.to_string(),
-                    ));
-                    break 'days;
-                }
-            };
-            for (key, _) in keys {
-                if !key.ends_with(".json.gz") || read_before.contains(&key) {
-                    continue;
-                }
-                match source.get(&key).await {
-                    Ok(Some(bytes)) => take_object(
-                        &mut result,
-                        &mut seen,
-                        &published,
-                        rules,
-                        account_id,
+/// Where one account's objects are and what is relevant in them.
+pub struct Trail<'a> {
+    pub source: &'a Store,
+    pub org_id: &'a str,
+    pub rules: &'a Rules,
+}
+
+/// One account's reading: what it produced, the event ids to skip, the ones taken this run.
+struct Reader<'a> {
+    trail: &'a Trail<'a>,
+    account_id: &'a str,
+    result: AccountResult,
+    published: HashSet<String>,
+    seen: HashSet<String>,
+}
+
+impl Reader<'_> {
+    /// Reads the log objects among `keys` (sorted) not in `skip`; returns the keys handled (read
+    /// or skipped as non-log), and the classified failure that stopped it, if one did.
+    async fn read_keys(
+        &mut self,
+        region: &str,
+        prefix: &str,
+        keys: Vec<(String, u64)>,
+        skip: &HashSet<String>,
+        keep: Keep,
+    ) -> (Vec<String>, Option<TargetFailure>) {
+        let mut handled = Vec::new();
+        for (key, _) in keys {
+            if skip.contains(&key) {
+                continue;
+            }
+            if !is_log_object(prefix, &key) {
+                self.result
+                    .regions
+                    .entry(region.to_owned())
+                    .or_default()
+                    .objects_skipped += 1;
+                handled.push(key);
+                continue;
+            }
+            match self.trail.source.get(&key).await {
+                Ok(Some(bytes)) => {
+                    self.result
+                        .regions
+                        .entry(region.to_owned())
+                        .or_default()
+                        .objects_read += 1;
+                    take_object(
+                        &mut self.result,
+                        &mut self.seen,
+                        &self.published,
+                        self.trail.rules,
+                        self.account_id,
                         region,
                         &key,
                         &bytes,
-                        window,
-                    ),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        failure = Some(TargetFailure::new(
-                            TargetStatus::Error,
-                            "TrailRead",
-                            e.to_string(),
-                        ));
-                        break 'days;
+                        keep,
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return (handled, Some(classify_store("s3:GetObject", &e))),
+            }
+            handled.push(key);
+        }
+        (handled, None)
+    }
+
+    /// Incremental: the objects listed after the cursor of `kind` in `region`. A region whose
+    /// trail prefix never held an object has no cursor, and `None` comes back when still none.
+    async fn read_since_cursor(
+        &mut self,
+        kind: &str,
+        region: &str,
+        cursor: Option<Cursor>,
+        first_start_ms: i64,
+        slack_ms: i64,
+    ) -> (Option<Cursor>, Option<TargetFailure>) {
+        let prefix = log_prefix(self.trail.org_id, self.account_id, kind, region);
+        let existed = cursor.is_some();
+        let mut cursor = cursor.unwrap_or_else(|| Cursor {
+            start_after: format!(
+                "{prefix}{}/",
+                day_of(first_start_ms - slack_ms).format("%Y/%m/%d")
+            ),
+            recent: Vec::new(),
+        });
+        let listed = match self
+            .trail
+            .source
+            .list_after(&prefix, Some(&cursor.start_after))
+            .await
+        {
+            Ok(keys) => keys,
+            Err(e) => return (Some(cursor), Some(classify_store("s3:ListObjectsV2", &e))),
+        };
+        let found = existed || !listed.is_empty();
+        let keep = Keep {
+            window: None,
+            all: kind == INSIGHT,
+        };
+        let skip: HashSet<String> = cursor.recent.iter().cloned().collect();
+        let (handled, failure) = self.read_keys(region, &prefix, listed, &skip, keep).await;
+        cursor.advance(&prefix, &handled, slack_ms);
+        (found.then_some(cursor), failure)
+    }
+
+    /// Backfill: every object of the window's delivery days (and the day after).
+    async fn read_window(
+        &mut self,
+        region: &str,
+        kinds: &[&str],
+        (since_ms, until_ms): (i64, i64),
+    ) -> Option<TargetFailure> {
+        let keep = Keep {
+            window: Some((since_ms, until_ms)),
+            all: false,
+        };
+        let (first, last) = (day_of(since_ms), day_of(until_ms) + Duration::days(1));
+        for kind in kinds {
+            let prefix = log_prefix(self.trail.org_id, self.account_id, kind, region);
+            let mut day = first;
+            while day <= last {
+                let folder = format!("{prefix}{}/", day.format("%Y/%m/%d"));
+                let keys = match self.trail.source.list(&folder).await {
+                    Ok(keys) => keys,
+                    Err(e) => return Some(classify_store("s3:ListObjectsV2", &e)),
+                };
+                let keep = Keep {
+                    all: *kind == INSIGHT,
+                    ..keep
+                };
+                if let (_, Some(failure)) = self
+                    .read_keys(region, &prefix, keys, &HashSet::new(), keep)
+                    .await
+                {
+                    return Some(failure);
+                }
+                day += Duration::days(1);
+            }
+        }
+        None
+    }
+
+    /// What the trail holds near where this account's logs were expected, for the message
+    /// of a `trail_not_found` target.
+    async fn what_is_there(&self) -> String {
+        let source = self.trail.source;
+        let candidates = [
+            format!(
+                "AWSLogs/{}/{}/CloudTrail/",
+                self.trail.org_id, self.account_id
+            ),
+            format!("AWSLogs/{}/", self.trail.org_id),
+            "AWSLogs/".to_owned(),
+            String::new(),
+        ];
+        for prefix in &candidates {
+            match source.list_children(prefix).await {
+                Ok(names) if !names.is_empty() => {
+                    let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
+                    let more = names.len().saturating_sub(shown.len());
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    return format!("{} holds: {}{more}", source.uri(prefix), shown.join(", "));
+                }
+                Ok(_) => {}
+                Err(e) => return format!("listing {} failed: {}", source.uri(prefix), e.message),
+            }
+        }
+        format!("{} is empty", source.uri(""))
+    }
+}
+
+fn day_of(ms: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.date_naive())
+        .unwrap_or_default()
+}
+
+/// The org trail of one account: per covered region, the log objects not read before (or, in
+/// a backfill, those of the window's days), relevant records kept once.
+pub async fn collect_account(
+    trail: &Trail<'_>,
+    account_id: &str,
+    regions: &[String],
+    mut state: AccountState,
+    reading: Reading,
+    now_ms: i64,
+    lake_has: &HashSet<String>,
+) -> AccountResult {
+    let mut reader = Reader {
+        trail,
+        account_id,
+        result: AccountResult::default(),
+        published: state
+            .published
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(lake_has.iter().cloned())
+            .collect(),
+        seen: HashSet::new(),
+    };
+    migrate_legacy_objects(&mut state, trail.org_id, account_id);
+    // Insights are on for few trails and regions: one listing per account says which.
+    let insight_regions: HashSet<String> = trail
+        .source
+        .list_children(&format!("AWSLogs/{}/{account_id}/{INSIGHT}/", trail.org_id))
+        .await
+        .map(|names| names.into_iter().collect())
+        .unwrap_or_default();
+    let mut not_found = Vec::new();
+    for region in regions {
+        reader.result.regions.entry(region.clone()).or_default();
+        let kinds: Vec<&str> = LOG_KINDS
+            .into_iter()
+            .filter(|k| *k != INSIGHT || insight_regions.contains(region))
+            .collect();
+        let failure = match reading {
+            Reading::Backfill { since_ms, until_ms } => {
+                reader
+                    .result
+                    .regions
+                    .entry(region.clone())
+                    .or_default()
+                    .window = Some((since_ms, until_ms));
+                reader
+                    .read_window(region, &kinds, (since_ms, until_ms))
+                    .await
+            }
+            Reading::Incremental {
+                first_start_ms,
+                slack_ms,
+            } => {
+                let mut failure = None;
+                for kind in &kinds {
+                    let name = format!("{kind}/{region}");
+                    let had = state.cursors.remove(&name);
+                    let (cursor, failed) = reader
+                        .read_since_cursor(kind, region, had, first_start_ms, slack_ms)
+                        .await;
+                    match cursor {
+                        Some(cursor) => {
+                            state.cursors.insert(name, cursor);
+                        }
+                        None if *kind != INSIGHT && failed.is_none() => {
+                            not_found.push(region.clone())
+                        }
+                        None => {}
+                    }
+                    if failed.is_some() {
+                        failure = failed;
+                        break;
                     }
                 }
-                read_now.push(key);
+                failure
             }
-            current += Duration::days(1);
-        }
-        let objects = state.objects.entry(region.clone()).or_default();
-        objects.extend(read_now);
-        // Keys name their delivery day; those before the next window's slack are not read again.
-        let keep_after = format!("{}", (first_day).format("%Y/%m/%d"));
-        objects.retain(|k| {
-            k.split("/CloudTrail/")
-                .nth(1)
-                .and_then(|rest| rest.split_once('/'))
-                .is_none_or(|(_, date)| date[..10.min(date.len())] >= *keep_after)
-        });
-        objects.sort();
-        objects.dedup();
-        match failure {
-            Some(f) => result.regions.entry(region.clone()).or_default().failure = Some(f),
-            None => {
-                state.watermarks.insert(region.clone(), until_ms);
-            }
+        };
+        reader
+            .result
+            .regions
+            .entry(region.clone())
+            .or_default()
+            .failure = failure;
+    }
+    if !not_found.is_empty() {
+        let there = reader.what_is_there().await;
+        for region in not_found {
+            let prefix = log_prefix(trail.org_id, account_id, "CloudTrail", &region);
+            reader.result.regions.entry(region).or_default().failure = Some(TargetFailure::new(
+                TargetStatus::TrailNotFound,
+                "TrailNotFound",
+                format!(
+                    "no CloudTrail log object was ever found under {}; {there}. Check --trail-org-id, --trail-prefix and that the organization trail logs this account and region",
+                    trail.source.uri(&prefix)
+                ),
+            ));
         }
     }
-    let keep_from = until_ms - RETENTION_MS;
+    let mut result = reader.result;
+    let keep_from = now_ms - RETENTION_MS;
     let mut all: BTreeMap<String, i64> = state.published.iter().cloned().collect();
     all.extend(
         result
@@ -487,6 +821,32 @@ pub async fn collect_account(
     result
 }
 
+/// State written before object cursors kept, per region, the keys read in the last window's
+/// delivery days: they become the cursor's `recent` keys, listed from the earliest day.
+fn migrate_legacy_objects(state: &mut AccountState, org_id: &str, account_id: &str) {
+    for (region, mut keys) in std::mem::take(&mut state.objects) {
+        let name = format!("CloudTrail/{region}");
+        if keys.is_empty() || state.cursors.contains_key(&name) {
+            continue;
+        }
+        keys.sort();
+        let prefix = log_prefix(org_id, account_id, "CloudTrail", &region);
+        let first_day = keys[0]
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.get(..10))
+            .map(|day| format!("{prefix}{day}/"))
+            .unwrap_or_else(|| prefix.clone());
+        keys.retain(|k| k.as_str() > first_day.as_str());
+        state.cursors.insert(
+            name,
+            Cursor {
+                start_after: first_day,
+                recent: keys,
+            },
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,7 +857,7 @@ mod tests {
         let mut out = Vec::new();
         for piece in text.as_bytes().chunks(chunk) {
             splitter.feed(piece, &mut |r| {
-                out.push(String::from_utf8(r.to_vec()).unwrap())
+                out.push(String::from_utf8(r.unwrap().to_vec()).unwrap())
             });
         }
         (out, splitter.finish())
@@ -548,6 +908,114 @@ mod tests {
         }
     }
 
+    const PREFIX: &str = "AWSLogs/o-1/111111111111/CloudTrail/eu-west-1/";
+
+    fn key(day: &str, minute: &str, salt: &str) -> String {
+        format!(
+            "{PREFIX}{day}/111111111111_CloudTrail_eu-west-1_{}T{minute}Z_{salt}.json.gz",
+            day.replace('/', "")
+        )
+    }
+
+    #[test]
+    fn the_listing_starts_the_slack_before_the_last_delivery_and_never_goes_back() {
+        let last = key("2026/11/28", "0010", "b");
+        // 30 minutes before 00:10 is the previous day's folder.
+        assert_eq!(
+            back_off(PREFIX, &last, 30 * 60_000).unwrap(),
+            format!("{PREFIX}2026/11/27/111111111111_CloudTrail_eu-west-1_20261127T2340Z")
+        );
+        // A name without a delivery minute: the start of its day folder.
+        assert_eq!(
+            back_off(PREFIX, &format!("{PREFIX}2026/11/28/odd.json.gz"), 60_000).unwrap(),
+            format!("{PREFIX}2026/11/28/")
+        );
+        assert_eq!(back_off(PREFIX, "elsewhere/x.json.gz", 0), None);
+
+        let mut cursor = Cursor {
+            start_after: format!("{PREFIX}2026/11/20/"),
+            recent: Vec::new(),
+        };
+        let seen = vec![
+            key("2026/11/27", "2300", "a"),
+            key("2026/11/27", "2350", "a"),
+            last.clone(),
+        ];
+        cursor.advance(PREFIX, &seen, 30 * 60_000);
+        // Exactly the keys the next listing returns again are remembered.
+        assert_eq!(cursor.recent, seen[1..].to_vec());
+        // An earlier last key (a retry that read less) does not move the start back.
+        let before = cursor.start_after.clone();
+        cursor.advance(PREFIX, &[key("2026/11/27", "2300", "a")], 30 * 60_000);
+        assert_eq!(cursor.start_after, before);
+        assert_eq!(cursor.recent, seen[1..].to_vec());
+    }
+
+    #[test]
+    fn only_day_folder_json_gz_objects_are_log_objects() {
+        assert!(is_log_object(PREFIX, &key("2026/11/28", "0010", "b")));
+        assert!(!is_log_object(
+            PREFIX,
+            &format!("{PREFIX}2026/11/28/x.json")
+        ));
+        assert!(!is_log_object(
+            PREFIX,
+            &format!("{PREFIX}ConfigWritabilityCheckFile")
+        ));
+        assert!(!is_log_object(
+            PREFIX,
+            &format!("{PREFIX}2026/11/28/a/b.json.gz")
+        ));
+        assert!(!is_log_object(
+            PREFIX,
+            &format!("{PREFIX}2026/13/28/b.json.gz")
+        ));
+    }
+
+    #[test]
+    fn state_of_earlier_versions_becomes_a_cursor() {
+        let mut state = AccountState::default();
+        let keys = vec![
+            key("2026/11/27", "2300", "a"),
+            key("2026/11/28", "0010", "b"),
+        ];
+        state.objects.insert("eu-west-1".into(), keys.clone());
+        migrate_legacy_objects(&mut state, "o-1", "111111111111");
+        assert!(state.objects.is_empty());
+        let cursor = &state.cursors["CloudTrail/eu-west-1"];
+        assert_eq!(cursor.start_after, format!("{PREFIX}2026/11/27/"));
+        assert_eq!(cursor.recent, keys);
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_reported_by_size_and_never_held() {
+        let big = format!(r#"{{"eventID":"big","pad":"{}"}}"#, "x".repeat(5000));
+        let doc = format!(r#"{{"Records":[{{"eventID":"a"}},{big},{{"eventID":"b"}}]}}"#);
+        for chunk in [7, 100, 10_000] {
+            let mut splitter = RecordSplitter::new(1000);
+            let mut out = Vec::new();
+            for piece in doc.as_bytes().chunks(chunk) {
+                splitter.feed(piece, &mut |r| {
+                    out.push(r.map(|b| String::from_utf8(b.to_vec()).unwrap()))
+                });
+                assert!(
+                    splitter.carried.capacity() <= 2 * (1000 + chunk),
+                    "chunk {chunk}"
+                );
+            }
+            assert_eq!(splitter.finish(), Ok(()));
+            assert_eq!(
+                out,
+                vec![
+                    Ok(r#"{"eventID":"a"}"#.to_owned()),
+                    Err(big.len() as u64),
+                    Ok(r#"{"eventID":"b"}"#.to_owned())
+                ],
+                "chunk {chunk}"
+            );
+        }
+    }
+
     #[test]
     fn truncated_and_missing_records_are_reported() {
         let (records, end) = split(r#"{"Records":[{"eventID":"a"},{"eventID":"b","#, 5);
@@ -572,7 +1040,7 @@ mod tests {
         let mut seen = 0;
         assert_eq!(
             read_object(&gz, &mut |record| {
-                assert!(serde_json::from_slice::<serde_json::Value>(record).is_ok());
+                assert!(serde_json::from_slice::<serde_json::Value>(record.unwrap()).is_ok());
                 seen += 1
             })
             .unwrap(),

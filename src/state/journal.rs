@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::crash_point;
-use crate::sink::store::{PutError, Store, StoreError, Tag};
+use crate::sink::store::{is_safe_key, PutError, Store, StoreError, Tag};
 
 pub const JOURNALS: &str = "_state/journals/";
 pub const STAGING: &str = "_staging/";
@@ -68,25 +68,78 @@ pub enum PublishError {
         "journal of run {run_id} names staged file {key} that is gone and was never published"
     )]
     MissingStaged { run_id: String, key: String },
+    #[error("journal {journal} is refused: {reason}; nothing in it was applied")]
+    Unsafe { journal: String, reason: String },
 }
 
 impl Journal {
     pub fn key(&self) -> String {
         format!("{JOURNALS}{}.json", self.run_id)
     }
+
+    /// A journal is read back from the lake, so it is untrusted: every key it names must be one
+    /// this protocol writes (staged files under its own run's staging, final keys in a table
+    /// location or the quarantine, checkpoints under `_state/` but not its journals or lock).
+    pub fn validate(&self) -> Result<(), String> {
+        let run_ok = !self.run_id.is_empty()
+            && self
+                .run_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !run_ok {
+            return Err(format!("run id {:?} is not a run id", self.run_id));
+        }
+        let staging = staging_prefix(&self.run_id);
+        let visible = |key: &str| {
+            is_safe_key(key)
+                && !key.starts_with("_state/")
+                && !key.starts_with(STAGING)
+                && key.contains('/')
+                && !key.ends_with('/')
+        };
+        for copy in &self.copies {
+            if !(is_safe_key(&copy.from) && copy.from.starts_with(&staging)) {
+                return Err(format!(
+                    "copy source {:?} is not under {staging}",
+                    copy.from
+                ));
+            }
+            if !visible(&copy.to) {
+                return Err(format!(
+                    "copy target {:?} is not a table or quarantine key",
+                    copy.to
+                ));
+            }
+        }
+        if let Some(key) = self.deletes.iter().find(|k| !visible(k)) {
+            return Err(format!("delete {key:?} is not a table key"));
+        }
+        let checkpoint_ok = |key: &str| {
+            is_safe_key(key)
+                && key.starts_with("_state/")
+                && !key.starts_with(JOURNALS)
+                && key != crate::state::lock::LOCK_KEY
+        };
+        if let Some(c) = self.checkpoints.iter().find(|c| !checkpoint_ok(&c.key)) {
+            return Err(format!("checkpoint {:?} is not a state key", c.key));
+        }
+        Ok(())
+    }
+}
+
+/// Step 2 alone: creates the journal, after which the publish counts as committed.
+pub async fn write(store: &Store, journal: &Journal) -> Result<(), PublishError> {
+    let body = serde_json::to_vec(journal).map_err(|e| StoreError::new(journal.key(), e))?;
+    match store.put_if(&journal.key(), body, None).await {
+        Ok(_) => Ok(()),
+        Err(PutError::Conflict(key)) => Err(PublishError::JournalExists(key)),
+        Err(PutError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// Commits and applies a journal (steps 2-4). `phase` prefixes the crash points (`""` or `compact_`).
 pub async fn commit(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
-    let body = serde_json::to_vec(journal).map_err(|e| StoreError {
-        key: journal.key(),
-        message: e.to_string(),
-    })?;
-    match store.put_if(&journal.key(), body, None).await {
-        Ok(_) => {}
-        Err(PutError::Conflict(key)) => return Err(PublishError::JournalExists(key)),
-        Err(PutError::Store(e)) => return Err(e.into()),
-    }
+    write(store, journal).await?;
     crash_point(&format!("{phase}after_journal"));
     apply(store, journal, phase).await
 }
@@ -94,6 +147,10 @@ pub async fn commit(store: &Store, journal: &Journal, phase: &str) -> Result<(),
 /// Steps 3-4: copies, deletes, checkpoints, then the journal and the staging prefix go.
 /// Every step is idempotent, so a roll-forward may repeat what a killed run already did.
 pub async fn apply(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
+    journal.validate().map_err(|reason| PublishError::Unsafe {
+        journal: journal.key(),
+        reason,
+    })?;
     for (i, copy) in journal.copies.iter().enumerate() {
         if !store.exists(&copy.from).await? {
             // Copied before a crash that came after the staging clean-up began? Then it is final.
@@ -175,9 +232,16 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
             continue;
         };
         let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| StoreError {
+            code: None,
             key: key.clone(),
             message: format!("journal is not valid JSON: {e}"),
         })?;
+        if journal.key() != key {
+            return Err(PublishError::Unsafe {
+                journal: key,
+                reason: format!("it names run {:?}, not its own", journal.run_id),
+            });
+        }
         info!(run_id = %journal.run_id, kind = %journal.kind, files = journal.copies.len(), "Rolling forward a committed journal left by an interrupted run.");
         apply(store, &journal, "recovery_").await?;
         recovery.rolled_forward += 1;
@@ -205,6 +269,106 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_journal_pointing_outside_the_lake_is_refused_before_any_step() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("lake");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(outer.path().join("secret"), b"keep me").unwrap();
+        let store = Store::Local { root: root.clone() };
+        let good = Journal {
+            run_id: "r1".into(),
+            kind: "run".into(),
+            copies: vec![Copy {
+                from: "_staging/r1/findings/dt=2026-11-01/a.parquet".into(),
+                to: "findings/dt=2026-11-01/a.parquet".into(),
+            }],
+            deletes: vec![],
+            checkpoints: vec![],
+        };
+        assert_eq!(good.validate(), Ok(()));
+        let bad = [
+            Journal {
+                copies: vec![Copy {
+                    from: "../secret".into(),
+                    to: "findings/dt=2026-11-01/x.parquet".into(),
+                }],
+                ..good.clone()
+            },
+            Journal {
+                copies: vec![Copy {
+                    from: "_staging/r1/x".into(),
+                    to: "../x".into(),
+                }],
+                ..good.clone()
+            },
+            Journal {
+                copies: vec![Copy {
+                    from: "_staging/other/x".into(),
+                    to: "findings/dt=2026-11-01/x.parquet".into(),
+                }],
+                ..good.clone()
+            },
+            Journal {
+                deletes: vec!["../secret".into()],
+                ..good.clone()
+            },
+            Journal {
+                deletes: vec!["_state/lock.json".into()],
+                ..good.clone()
+            },
+            Journal {
+                checkpoints: vec![Checkpoint {
+                    key: "_state/../../secret".into(),
+                    body: "x".into(),
+                    expected: None,
+                }],
+                ..good.clone()
+            },
+            Journal {
+                checkpoints: vec![Checkpoint {
+                    key: "findings/x".into(),
+                    body: "x".into(),
+                    expected: None,
+                }],
+                ..good.clone()
+            },
+            Journal {
+                run_id: "../r1".into(),
+                ..good.clone()
+            },
+        ];
+        for journal in bad {
+            assert!(journal.validate().is_err(), "{journal:?}");
+            let applied = apply(&store, &journal, "").await;
+            assert!(
+                matches!(applied, Err(PublishError::Unsafe { .. })),
+                "{applied:?}"
+            );
+        }
+        // A journal stored under another run's name is refused by recovery.
+        let key = format!("{JOURNALS}evil.json");
+        std::fs::create_dir_all(root.join(JOURNALS)).unwrap();
+        std::fs::write(root.join(&key), serde_json::to_vec(&good).unwrap()).unwrap();
+        let recovered = recover(&store).await;
+        assert!(
+            matches!(recovered, Err(PublishError::Unsafe { .. })),
+            "{recovered:?}"
+        );
+        assert_eq!(
+            std::fs::read(outer.path().join("secret")).unwrap(),
+            b"keep me"
+        );
+        assert_eq!(
+            std::fs::read_dir(outer.path()).unwrap().count(),
+            2,
+            "nothing written outside the lake"
+        );
+        // The store itself refuses such keys too.
+        assert!(store.get("../secret").await.is_err());
+        assert!(store.delete("_state/../../secret").await.is_err());
+    }
 
     #[tokio::test]
     async fn commit_publishes_and_recovery_finishes_or_discards() {

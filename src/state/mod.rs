@@ -78,6 +78,33 @@ impl Watermark {
     }
 }
 
+impl Watermark {
+    /// The checkpoint of a target that failed partway: the watermark stays where this run
+    /// started (`start_ms + overlap_ms`, so the next run pulls the same window again), and the
+    /// versions this run did publish are remembered, so the next run skips them instead of
+    /// writing them twice.
+    pub fn hold(
+        &self,
+        start_ms: i64,
+        overlap_ms: i64,
+        published_now: impl IntoIterator<Item = (String, i64)>,
+    ) -> Watermark {
+        let mut published: Vec<(String, i64)> = self
+            .published
+            .iter()
+            .cloned()
+            .chain(published_now)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        published.sort();
+        Watermark {
+            watermark_ms: start_ms + overlap_ms,
+            published,
+        }
+    }
+}
+
 /// Object key of a target's state.
 pub fn key(source: &str, account_id: &str, region: &str) -> String {
     format!("_state/{source}/{account_id}/{region}.json")
@@ -96,6 +123,7 @@ pub async fn load(
         Some((bytes, tag)) => serde_json::from_slice(&bytes)
             .map(|mark| Some((mark, tag)))
             .map_err(|e| StoreError {
+                code: None,
                 key,
                 message: format!("checkpoint is not valid JSON: {e}"),
             }),
@@ -105,6 +133,37 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_target_keeps_its_window_and_remembers_what_it_published() {
+        let old = Watermark {
+            watermark_ms: 10_000,
+            published: vec![("a".into(), 9_500)],
+        };
+        let held = old.hold(
+            9_000,
+            1_000,
+            vec![("b".into(), 3_000), ("c".into(), 12_000)],
+        );
+        assert_eq!(
+            held.watermark_ms, 10_000,
+            "the next run pulls the same window"
+        );
+        assert_eq!(
+            held.published,
+            vec![
+                ("a".into(), 9_500),
+                ("b".into(), 3_000),
+                ("c".into(), 12_000)
+            ]
+        );
+        // A first run that failed: the next one starts where it started.
+        let first = Watermark::default().hold(5_000, 1_000, vec![("d".into(), 5_500)]);
+        assert_eq!(first.watermark_ms - 1_000, 5_000);
+        // The next complete pull forgets what its overlap cannot return again.
+        let next = held.advance(20_000, 1_000, Vec::new());
+        assert!(next.published.is_empty());
+    }
 
     #[test]
     fn advance_keeps_only_versions_inside_the_next_overlap() {

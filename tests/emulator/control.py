@@ -232,6 +232,9 @@ def _fault_for(call: Call) -> dict | None:
                 continue
             if fault.get("region") and fault["region"] != call.region:
                 continue
+            if fault.get("skip"):
+                fault["skip"] -= 1
+                continue
             if random.random() >= float(fault.get("rate", 1.0)):
                 continue
             if fault.get("count") is not None:
@@ -328,6 +331,8 @@ class ControlMiddleware:
                 status = 429 if (error == "ThrottlingException" and call.service == "guardduty") else 400
                 if error == "AccessDenied" or error == "AccessDeniedException":
                     status = 403
+                if error in ("SlowDown", "ServiceUnavailable"):
+                    status = 503  # S3 asks to slow down with 503
                 return _aws_error(start_response, call.service, call.protocol, status, error, "Rate exceeded" if "Throttl" in error else f"Injected {error}.")
         if call.operation == "LookupEvents" and _lookup_throttled(call):
             return _aws_error(start_response, "cloudtrail", "json", 400, "ThrottlingException", "Rate exceeded")
