@@ -286,15 +286,6 @@ pub fn log_prefix(org_id: &str, account_id: &str, kind: &str, region: &str) -> S
     format!("AWSLogs/{org_id}/{account_id}/{kind}/{region}/")
 }
 
-/// The object-key prefix of one delivery day.
-pub fn day_prefix(org_id: &str, account_id: &str, region: &str, day: NaiveDate) -> String {
-    format!(
-        "{}{}/",
-        log_prefix(org_id, account_id, "CloudTrail", region),
-        day.format("%Y/%m/%d")
-    )
-}
-
 /// Where the next listing of one log prefix starts (S3 `StartAfter`), and the keys already read
 /// that sort after it, so that none is read twice. Keys are named by delivery time
 /// (`YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHmmZ>_<random>.json.gz`), so an
