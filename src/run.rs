@@ -906,11 +906,11 @@ async fn collect_cloudtrail(
                         expected: tag,
                     });
                 }
-                let objects: (u64, u64) = collected.regions.values().fold((0, 0), |(r, s), st| {
-                    (r + st.objects_read, s + st.objects_skipped)
-                });
                 if org_trail.is_some() {
-                    info!(account_id = %account, objects_read = objects.0, objects_skipped = objects.1, "Read the organization trail.");
+                    let (read, skipped) = collected.regions.values().fold((0, 0), |(r, s), st| {
+                        (r + st.objects_read, s + st.objects_skipped)
+                    });
+                    info!(account_id = %account, objects_read = read, objects_skipped = skipped, "Read the organization trail.");
                 }
                 for row in collected.rows {
                     if seen.insert(row.event_id().to_owned()) {

@@ -538,12 +538,12 @@ impl Reader<'_> {
         region: &str,
         prefix: &str,
         keys: Vec<(String, u64)>,
-        skip: &HashSet<String>,
+        skip: &HashSet<&str>,
         keep: Keep,
     ) -> (Vec<String>, Option<TargetFailure>) {
         let mut handled = Vec::new();
         for (key, _) in keys {
-            if skip.contains(&key) {
+            if skip.contains(key.as_str()) {
                 continue;
             }
             if !is_log_object(prefix, &key) {
@@ -608,14 +608,19 @@ impl Reader<'_> {
             .await
         {
             Ok(keys) => keys,
-            Err(e) => return (Some(cursor), Some(classify_store("s3:ListObjectsV2", &e))),
+            // A region that never had a cursor gets none from a failed listing either, so it
+            // is still reported as not found once the listing works and finds nothing.
+            Err(e) => {
+                let failure = classify_store("s3:ListObjectsV2", &e);
+                return (existed.then_some(cursor), Some(failure));
+            }
         };
         let found = existed || !listed.is_empty();
         let keep = Keep {
             window: None,
             all: kind == INSIGHT,
         };
-        let skip: HashSet<String> = cursor.recent.iter().cloned().collect();
+        let skip: HashSet<&str> = cursor.recent.iter().map(String::as_str).collect();
         let (handled, failure) = self.read_keys(region, &prefix, listed, &skip, keep).await;
         cursor.advance(&prefix, &handled, slack_ms);
         (found.then_some(cursor), failure)
@@ -628,23 +633,19 @@ impl Reader<'_> {
         kinds: &[&str],
         (since_ms, until_ms): (i64, i64),
     ) -> Option<TargetFailure> {
-        let keep = Keep {
-            window: Some((since_ms, until_ms)),
-            all: false,
-        };
         let (first, last) = (day_of(since_ms), day_of(until_ms) + Duration::days(1));
         for kind in kinds {
             let prefix = log_prefix(self.trail.org_id, self.account_id, kind, region);
+            let keep = Keep {
+                window: Some((since_ms, until_ms)),
+                all: *kind == INSIGHT,
+            };
             let mut day = first;
             while day <= last {
                 let folder = format!("{prefix}{}/", day.format("%Y/%m/%d"));
                 let keys = match self.trail.source.list(&folder).await {
                     Ok(keys) => keys,
                     Err(e) => return Some(classify_store("s3:ListObjectsV2", &e)),
-                };
-                let keep = Keep {
-                    all: *kind == INSIGHT,
-                    ..keep
                 };
                 if let (_, Some(failure)) = self
                     .read_keys(region, &prefix, keys, &HashSet::new(), keep)

@@ -231,11 +231,8 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
         let Some(bytes) = store.get(&key).await? else {
             continue;
         };
-        let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| StoreError {
-            code: None,
-            key: key.clone(),
-            message: format!("journal is not valid JSON: {e}"),
-        })?;
+        let journal: Journal = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::new(key.clone(), format!("journal is not valid JSON: {e}")))?;
         if journal.key() != key {
             return Err(PublishError::Unsafe {
                 journal: key,

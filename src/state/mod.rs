@@ -122,11 +122,7 @@ pub async fn load(
         None => Ok(None),
         Some((bytes, tag)) => serde_json::from_slice(&bytes)
             .map(|mark| Some((mark, tag)))
-            .map_err(|e| StoreError {
-                code: None,
-                key,
-                message: format!("checkpoint is not valid JSON: {e}"),
-            }),
+            .map_err(|e| StoreError::new(key, format!("checkpoint is not valid JSON: {e}"))),
     }
 }
 
