@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use guardlake::config::DEFAULT_FLUSH_BYTES;
 use guardlake::normalize::guardduty::{normalize, RunStamp};
 use guardlake::sink::parquet::FindingsWriter;
 use guardlake::sources::guardduty::split_findings;
@@ -46,7 +47,7 @@ fn main() {
         run_id: "bench".into(),
         collected_at_ms: base_ms,
     };
-    let mut writer = FindingsWriter::new(work.clone(), stamp, 64 << 20, 128 << 20);
+    let mut writer = FindingsWriter::new(work.clone(), stamp, DEFAULT_FLUSH_BYTES, 128 << 20);
     let rss_before = common::peak_rss_kib();
     let mut timed = Duration::ZERO;
     let mut raw_bytes = 0usize;
@@ -100,7 +101,7 @@ fn main() {
          time (timed part): {:.2} s\n\
          throughput:        {rate:.0} findings/s\n\
          peak RSS:          {:.1} MiB (before the pipeline: {:.1} MiB)\n\
-         flush_bytes:       64 MiB, target_file_bytes: 128 MiB\n",
+         flush_bytes:       32 MiB, target_file_bytes: 128 MiB\n",
         raw_bytes as f64 / f64::from(1 << 20),
         parquet_bytes as f64 / f64::from(1 << 20),
         files.len(),

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use guardlake::config::DEFAULT_FLUSH_BYTES;
 use guardlake::normalize::cloudtrail::{normalize_text, EventRow};
 use guardlake::normalize::guardduty::RunStamp;
 use guardlake::sink::parquet::PartitionWriter;
@@ -89,7 +90,7 @@ fn main() {
         collected_at_ms: 0,
     };
     let mut writer: PartitionWriter<EventRow> =
-        PartitionWriter::new(work.clone(), stamp, 64 << 20, 128 << 20);
+        PartitionWriter::new(work.clone(), stamp, DEFAULT_FLUSH_BYTES, 128 << 20);
     let mut seen: HashSet<u64> = HashSet::new();
     let (mut records, mut written, mut bad, mut compressed) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();

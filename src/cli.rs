@@ -231,7 +231,7 @@ pub struct RunArgs {
     /// Roll Parquet files near this many bytes [default: 134217728].
     #[arg(long, env = "GUARDLAKE_TARGET_FILE_BYTES", value_name = "BYTES")]
     pub target_file_bytes: Option<u64>,
-    /// Encode buffered rows once they hold this many bytes [default: 67108864].
+    /// Encode buffered rows once they hold this many bytes, 1 MiB to 1 GiB [default: 33554432].
     #[arg(long, env = "GUARDLAKE_FLUSH_BYTES", value_name = "BYTES")]
     pub flush_bytes: Option<u64>,
     /// Scratch directory for Parquet files before upload [default: the system temp dir].

@@ -83,7 +83,8 @@ pub struct Config {
     pub max_attempts: Option<u32>,
     /// Parquet files are rolled near this size, in bytes. Default 128 MiB.
     pub target_file_bytes: Option<u64>,
-    /// Rows buffered in memory before they are sorted and encoded, in bytes. Default 64 MiB.
+    /// Rows buffered in memory before they are sorted and encoded, in bytes: 1 MiB to 1 GiB.
+    /// Default 32 MiB.
     pub flush_bytes: Option<u64>,
     /// Local scratch directory for Parquet files before upload. Default: the system temp dir.
     pub work_dir: Option<PathBuf>,
@@ -387,12 +388,12 @@ impl Config {
             }
             (None, name) => {
                 let name = name.unwrap_or_else(|| "GuardlakeReadOnly".to_owned());
-                if name.is_empty() || name.len() > 64 || name.contains(':') {
+                if !is_role_name(&name) {
                     return Err(invalid(
                         "role_name",
                         "--role-name",
                         format!("{name:?} is not a role name"),
-                        "use the role's name (1-64 characters), or a role ARN template",
+                        "use the role's name (1-64 letters, digits or +=,.@_-), or a role ARN template for a role with a path",
                     ));
                 }
                 RoleSpec::Name(name)
@@ -453,6 +454,15 @@ impl Config {
                 "Athena prefers files of 64-512 MiB; use at least 1048576",
             ));
         }
+        let flush_bytes = self.flush_bytes.unwrap_or(DEFAULT_FLUSH_BYTES);
+        if !(MIN_FLUSH_BYTES..=MAX_FLUSH_BYTES).contains(&flush_bytes) {
+            return Err(invalid(
+                "flush_bytes",
+                "--flush-bytes",
+                format!("{flush_bytes} is outside {MIN_FLUSH_BYTES}-{MAX_FLUSH_BYTES}"),
+                "rows buffered before encoding; the default (33554432) keeps a run under 256 MiB",
+            ));
+        }
         let lock_lease_secs = self.lock_lease_secs.unwrap_or(900);
         if !(1..=86_400).contains(&lock_lease_secs) {
             return Err(invalid(
@@ -498,14 +508,30 @@ impl Config {
                     "set only one of them",
                 ))
             }
-            (Some(bucket), None) => Some(TrailSource::S3 {
-                bucket,
-                prefix: self
-                    .trail_prefix
-                    .unwrap_or_default()
-                    .trim_matches('/')
-                    .to_owned(),
-            }),
+            (Some(bucket), None) => {
+                if !is_bucket_name(&bucket) {
+                    return Err(invalid(
+                        "trail_bucket",
+                        "--trail-bucket",
+                        format!("{bucket:?} is not an S3 bucket name"),
+                        "use the bucket's name alone (3-63 lowercase letters, digits, '-' or '.'); put a key prefix in --trail-prefix",
+                    ));
+                }
+                let prefix = self.trail_prefix.unwrap_or_default();
+                let prefix = prefix.trim_matches('/');
+                if !is_key_prefix(prefix) {
+                    return Err(invalid(
+                        "trail_prefix",
+                        "--trail-prefix",
+                        format!("{prefix:?} is not a usable key prefix"),
+                        "use the trail's S3 key prefix: '/'-separated names without '.', '..', empty names or control characters",
+                    ));
+                }
+                Some(TrailSource::S3 {
+                    bucket,
+                    prefix: prefix.to_owned(),
+                })
+            }
             (None, Some(dir)) => Some(TrailSource::Local(dir)),
             (None, None) => None,
         };
@@ -513,7 +539,7 @@ impl Config {
             return Err(invalid("trail_bucket", "--trail-bucket", "org-trail mode needs the trail's bucket", "name the bucket the organization trail delivers to (or a local copy with --trail-dir)"));
         }
         if let Some(org) = &self.trail_org_id {
-            if !org.starts_with("o-") {
+            if !is_org_id(org) {
                 return Err(invalid(
                     "trail_org_id",
                     "--trail-org-id",
@@ -549,7 +575,7 @@ impl Config {
             home_region: self.home_region,
             max_attempts,
             target_file_bytes,
-            flush_bytes: self.flush_bytes.unwrap_or(64 << 20).max(1 << 16),
+            flush_bytes,
             work_dir: self.work_dir.unwrap_or_else(std::env::temp_dir),
         })
     }
@@ -561,19 +587,73 @@ fn dedup(mut items: Vec<String>) -> Vec<String> {
     items
 }
 
+/// Rows buffered before they are sorted and encoded (`flush_bytes`): 32 MiB keeps a run over
+/// millions of records under 256 MiB resident.
+pub const DEFAULT_FLUSH_BYTES: u64 = 32 << 20;
+pub const MIN_FLUSH_BYTES: u64 = 1 << 20;
+pub const MAX_FLUSH_BYTES: u64 = 1 << 30;
+
+/// An S3 bucket name: 3-63 lowercase letters, digits, '-' or '.', starting and ending with a
+/// letter or digit.
+pub fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.contains("..")
+}
+
+/// A key prefix (without its surrounding '/'): names that are not empty, `.` or `..`, and no
+/// control characters. Empty is the bucket's root.
+pub fn is_key_prefix(prefix: &str) -> bool {
+    prefix.is_empty()
+        || prefix.len() <= 512
+            && prefix
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+            && !prefix.chars().any(char::is_control)
+}
+
+/// An IAM role name (`[\w+=,.@-]{1,64}`); a role with a path takes a role ARN template.
+pub fn is_role_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// An organization id as AWS shapes it: `o-` and 10-32 lowercase letters or digits.
+pub fn is_org_id(id: &str) -> bool {
+    id.strip_prefix("o-").is_some_and(|rest| {
+        (10..=32).contains(&rest.len())
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    })
+}
+
 fn parse_output(uri: &str) -> Result<Output, ConfigError> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-        if !bucket_ok {
+        if !is_bucket_name(bucket) {
             return Err(invalid("output", "--output", format!("{bucket:?} is not an S3 bucket name"), "use s3://bucket/prefix with a bucket name of 3-63 lowercase letters, digits, '-' or '.'"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if !is_key_prefix(prefix) {
+            return Err(invalid(
+                "output",
+                "--output",
+                format!(
+                    "{uri:?} has a prefix with '.', '..', an empty name or a control character"
+                ),
+                "use s3://bucket/prefix with '/'-separated names",
+            ));
         }
         return Ok(Output::S3 {
             bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
+            prefix: prefix.to_owned(),
         });
     }
     let path = uri.strip_prefix("file://").unwrap_or(uri);

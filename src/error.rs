@@ -1,6 +1,7 @@
 //! Errors of each stage and the one place that classifies AWS errors.
 
 use aws_sdk_sts::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
 /// How a target (account × region × source) ended. Written to the `runs` table as text.
@@ -40,14 +41,46 @@ pub struct TargetFailure {
     pub message: String,
 }
 
+/// The longest `runs.error_message`, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 impl TargetFailure {
+    /// A failure whose message is one line of at most [`MAX_MESSAGE_BYTES`] (longer ones are
+    /// cut at a character boundary and end with `…`).
     pub fn new(status: TargetStatus, class: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status,
-            class: class.into(),
-            message: message.into(),
+            class: one_line(&class.into(), 128),
+            message: one_line(&message.into(), MAX_MESSAGE_BYTES),
         }
     }
+}
+
+/// `text` on one line (control characters and runs of whitespace become one space), at most
+/// `max` bytes.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if out.len() > max {
+            break;
+        }
+    }
+    if out.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
 }
 
 /// Maps an AWS error code to the status a target gets.
@@ -74,42 +107,83 @@ pub fn status_for_code(code: &str) -> TargetStatus {
     }
 }
 
-/// Classifies an SDK error (after the SDK's own retries) into a target failure.
-pub fn classify<E, R>(operation: &str, err: &SdkError<E, R>) -> TargetFailure
+/// Classifies an SDK error (after the SDK's own retries) into a target failure. Messages are
+/// the chain of causes by `Display` (never a `Debug` dump); an answer without an error code is
+/// named by its HTTP status.
+pub fn classify<E>(operation: &str, err: &SdkError<E, HttpResponse>) -> TargetFailure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match err {
         SdkError::ServiceError(service) => {
             let inner = service.err();
-            let code = inner.code().unwrap_or("Unknown");
-            let message = inner.message().unwrap_or_default();
-            TargetFailure::new(
-                status_for_code(code),
-                code,
-                format!("{operation}: {message}"),
-            )
+            let status = service.raw().status().as_u16();
+            match inner.code() {
+                Some(code) => TargetFailure::new(
+                    status_for_code(code),
+                    code,
+                    format!("{operation}: {}", inner.message().unwrap_or_default()),
+                ),
+                None => TargetFailure::new(
+                    if status == 429 || status == 503 {
+                        TargetStatus::Throttled
+                    } else {
+                        TargetStatus::Error
+                    },
+                    format!("HTTP{status}"),
+                    format!(
+                        "{operation}: HTTP {status} without an error code{}",
+                        inner
+                            .message()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+            }
         }
         SdkError::TimeoutError(_) => TargetFailure::new(
             TargetStatus::Error,
             "Timeout",
             format!("{operation}: timed out"),
         ),
+        // Connection resets, refused connections, DNS: named, with the chain of causes.
         SdkError::DispatchFailure(failure) => TargetFailure::new(
             TargetStatus::Error,
-            "DispatchFailure",
-            format!("{operation}: {:?}", failure.as_connector_error()),
+            if failure.is_timeout() {
+                "Timeout"
+            } else if failure.is_user() {
+                "DispatchFailure"
+            } else {
+                "ConnectionError"
+            },
+            format!("{operation}: {}", causes(err)),
+        ),
+        SdkError::ResponseError(_) => TargetFailure::new(
+            TargetStatus::Error,
+            "ResponseError",
+            format!("{operation}: {}", causes(err)),
         ),
         other => TargetFailure::new(
             TargetStatus::Error,
             "SdkError",
-            format!(
-                "{operation}: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(other)
-            ),
+            format!("{operation}: {}", causes(other)),
         ),
     }
+}
+
+/// An error and its sources, each by its `Display`, joined by `: ` (a source whose text the
+/// previous one already holds is left out): no `Debug` dumps.
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
 }
 
 /// Classifies a failed object-store call (S3 or the local directory) like an API error: the S3
@@ -133,7 +207,7 @@ pub enum RunError {
     Config(#[from] crate::config::ConfigError),
     #[error("discovery failed: {0}")]
     Discovery(TargetFailure),
-    #[error("writing the lake failed at {key}: {message}")]
+    #[error("writing the lake failed{}: {message}", at(.key))]
     Store { key: String, message: String },
     #[error("encoding Parquet failed: {0}")]
     Encode(String),
@@ -144,6 +218,30 @@ pub enum RunError {
     /// The journal was committed (the data is published) but a later step failed.
     #[error("published; finishing deferred to the next run: {0}")]
     Deferred(String),
+}
+
+impl RunError {
+    /// A stable name of what failed: the Lambda `errorType`, documented in the README.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "ConfigError",
+            Self::Discovery(_) => "DiscoveryFailed",
+            Self::Store { .. } => "LakeWriteFailed",
+            Self::Encode(_) => "EncodeFailed",
+            Self::Locked(_) => "LakeLocked",
+            Self::Publish(_) => "PublishFailed",
+            Self::Deferred(_) => "PublishDeferred",
+        }
+    }
+}
+
+/// ` at <key>`, or nothing when the failure is not about one key.
+fn at(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at {key}")
+    }
 }
 
 /// What the process exits with. Documented in the README and `--help`.
@@ -184,6 +282,33 @@ mod tests {
         );
         assert_eq!(status_for_code("InternalServerError"), TargetStatus::Error);
         assert_eq!(TargetStatus::RegionDisabled.as_str(), "region_disabled");
+    }
+
+    #[test]
+    fn messages_are_one_bounded_line() {
+        let failure = TargetFailure::new(
+            TargetStatus::Error,
+            "X",
+            format!("first\nsecond\t\0third {}", "é".repeat(2000)),
+        );
+        assert!(failure.message.starts_with("first second third éé"));
+        assert!(
+            failure.message.len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            failure.message.len()
+        );
+        assert!(failure.message.ends_with('…'));
+        assert!(!failure.message.contains(['\n', '\t', '\0']));
+        assert_eq!(one_line("short", 10), "short");
+    }
+
+    #[test]
+    fn a_store_error_without_a_key_names_none() {
+        let err = RunError::Store {
+            key: String::new(),
+            message: "boom".into(),
+        };
+        assert_eq!(err.to_string(), "writing the lake failed: boom");
     }
 
     #[test]

@@ -115,6 +115,15 @@ pub fn emf_line(summary: &Summary, timestamp_ms: i64) -> String {
     .to_string()
 }
 
+/// An invocation's error as Lambda reports it: a stable `errorType` (`InvalidPayload`, or
+/// [`crate::error::RunError::name`]) and a one-line message.
+fn failure(error_type: &str, message: String) -> lambda_runtime::Diagnostic {
+    lambda_runtime::Diagnostic {
+        error_type: error_type.to_owned(),
+        error_message: crate::error::one_line(&message, 4096),
+    }
+}
+
 /// Serves invocations until Lambda stops the process.
 pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runtime::Error> {
     let handler = lambda_runtime::service_fn(
@@ -132,11 +141,11 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
                     }
                     // EventBridge Scheduler sends the target's Input as it is: it must be a Payload.
                     value => serde_json::from_value(value).map_err(|e| {
-                        lambda_runtime::Error::from(format!("invalid event payload: {e}"))
+                        failure("InvalidPayload", format!("invalid event payload: {e}"))
                     })?,
                 };
                 let (config, backfill) = payload.apply(base).map_err(|e| {
-                    lambda_runtime::Error::from(format!("invalid event payload: {e}"))
+                    failure("InvalidPayload", format!("invalid event payload: {e}"))
                 })?;
                 let options = RunOptions {
                     s3_path_style,
@@ -146,7 +155,7 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
                 };
                 let result = crate::run::run(config, options)
                     .await
-                    .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+                    .map_err(|e| failure(e.name(), e.to_string()))?;
                 let summary = summarize(
                     &result.outcomes,
                     result.published,
@@ -156,7 +165,7 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
                     "{}",
                     emf_line(&summary, chrono::Utc::now().timestamp_millis())
                 );
-                Ok::<Summary, lambda_runtime::Error>(summary)
+                Ok::<Summary, lambda_runtime::Diagnostic>(summary)
             }
         },
     );

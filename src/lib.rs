@@ -12,6 +12,7 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod lambda;
+pub mod logs;
 pub mod normalize;
 pub mod report;
 pub mod run;

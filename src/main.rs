@@ -16,7 +16,7 @@ fn init_logs() {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(guardlake::logs::ScrubbedStderr);
     if std::io::stderr().is_terminal() {
         builder.compact().init();
     } else {

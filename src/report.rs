@@ -142,6 +142,17 @@ pub struct Totals {
     /// New (finding type, path, kind) drift entries, and the finding types they touch.
     pub drift_new: usize,
     pub drift_types: usize,
+    /// The process's peak resident memory so far (Linux `VmHWM`), when known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The peak resident memory of this process (`VmHWM` in `/proc/self/status`); `None` where
+/// there is no procfs.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -214,6 +225,9 @@ pub fn summary(
         human_bytes(totals.bytes),
         totals.lake
     );
+    if let Some(peak) = totals.peak_rss_bytes {
+        let _ = writeln!(out, "  memory:   {} peak resident", human_bytes(peak));
+    }
     let failed: Vec<&TargetOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
     if !failed.is_empty() {
         let _ = writeln!(out, "  failed targets:");

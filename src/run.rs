@@ -13,11 +13,13 @@ use crate::aws::Aws;
 use crate::config::{CloudTrailMode, Mode, Output, TrailSource, ValidatedConfig};
 use crate::discover::{self, Skipped};
 use crate::error::{RunError, TargetFailure, TargetStatus};
-use crate::normalize::cloudtrail::{self, EventRow, FindingEvent};
+use crate::normalize::cloudtrail::{self, FindingEvent};
 use crate::normalize::drift::DriftLog;
 use crate::normalize::guardduty::{normalize, RunStamp};
 use crate::report::{self, TargetOutcome, Totals};
+use crate::sink::events::EventSink;
 use crate::sink::parquet::{self as pq, FindingsWriter};
+use crate::sink::spill::Spill;
 use crate::sink::store::{Store, Tag};
 use crate::sources::cloudtrail::{self as trail, Correlation};
 use crate::sources::guardduty::{self as gd, RawFinding, Window};
@@ -56,14 +58,16 @@ struct Chain {
     mark_tag: Option<Tag>,
 }
 
-/// A finding that could not be normalized, kept whole under `_quarantine/`.
+/// A finding that could not be used, kept whole under `_quarantine/` (its text, unless it was
+/// over the size limit).
 #[derive(Debug, serde::Serialize)]
-struct Quarantined {
-    account_id: String,
-    region: String,
-    finding_id: Option<String>,
-    reason: String,
-    raw: String,
+struct Quarantined<'a> {
+    account_id: &'a str,
+    region: &'a str,
+    finding_id: Option<&'a str>,
+    reason: &'a str,
+    raw: &'a str,
+    raw_bytes: usize,
 }
 
 #[derive(Default)]
@@ -86,7 +90,11 @@ struct ChainResult {
 /// Shared by every chain of a run.
 struct Collector {
     writer: Mutex<Option<FindingsWriter>>,
-    quarantine: Mutex<Vec<Quarantined>>,
+    /// Quarantined findings, written to the work directory as they come.
+    quarantine: Mutex<Spill>,
+    /// Every account of the organization (covered or not): a finding of one of them seen
+    /// through another account's detector is passed over; any other account id is quarantined.
+    known_accounts: HashSet<String>,
     encode_error: Mutex<Option<String>>,
     /// Versions the lake already has (backfills): (account_id, region, id, updated_at ms).
     existing: HashSet<(String, String, String, i64)>,
@@ -139,9 +147,12 @@ fn store_err(e: crate::sink::store::StoreError) -> RunError {
 }
 
 fn put_err(e: crate::sink::store::PutError) -> RunError {
-    RunError::Store {
-        key: String::new(),
-        message: e.to_string(),
+    match e {
+        crate::sink::store::PutError::Store(e) => store_err(e),
+        conflict => RunError::Store {
+            key: String::new(),
+            message: conflict.to_string(),
+        },
     }
 }
 
@@ -325,8 +336,15 @@ async fn run_locked(ctx: &RunContext<'_>) -> Result<RunResult, RunError> {
         key: work_dir.display().to_string(),
         message: e.to_string(),
     })?;
-    let result =
-        collect_and_publish(ctx, &work_dir, chains, &mut outcomes, &accounts.skipped).await;
+    let result = collect_and_publish(
+        ctx,
+        &work_dir,
+        chains,
+        &mut outcomes,
+        &accounts.skipped,
+        &accounts.active,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&work_dir);
     result?;
     Ok(RunResult {
@@ -341,6 +359,7 @@ async fn collect_and_publish(
     chains: Vec<Chain>,
     outcomes: &mut Vec<TargetOutcome>,
     skipped: &[Skipped],
+    known_active: &[String],
 ) -> Result<(), RunError> {
     let RunContext {
         config,
@@ -375,7 +394,12 @@ async fn collect_and_publish(
             config.flush_bytes,
             config.target_file_bytes,
         ))),
-        quarantine: Mutex::new(Vec::new()),
+        quarantine: Mutex::new(Spill::new(work_dir.join("quarantine.jsonl"))),
+        known_accounts: skipped
+            .iter()
+            .map(|s| s.account_id.clone())
+            .chain(known_active.iter().cloned())
+            .collect(),
         encode_error: Mutex::new(None),
         existing,
         drift: Mutex::new(DriftLog::default()),
@@ -531,29 +555,31 @@ async fn collect_and_publish(
     let runs_path = work_dir.join("runs.parquet");
     pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;
     files.push((runs_path, format!("runs/dt={run_dt}/{run_id}.parquet")));
-    let quarantined = std::mem::take(
+    let spill = std::mem::replace(
         &mut *collector
             .quarantine
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
+        Spill::new(work_dir.join("quarantine-unused.jsonl")),
     );
-    if !quarantined.is_empty() {
-        let lines: String = quarantined
-            .iter()
-            .filter_map(|q| serde_json::to_string(q).ok())
-            .map(|l| l + "\n")
-            .collect();
-        let path = work_dir.join("quarantine.jsonl");
-        std::fs::write(&path, lines).map_err(|e| RunError::Store {
-            key: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let spilled = spill.finish().map_err(|e| RunError::Store {
+        key: work_dir.join("quarantine.jsonl").display().to_string(),
+        message: e.to_string(),
+    })?;
+    if let Some((path, count)) = spilled {
         let key = format!("_quarantine/findings/dt={run_dt}/{run_id}.jsonl");
-        warn!(count = quarantined.len(), key = %store.uri(&key), "Quarantined malformed findings.");
+        warn!(count, key = %store.uri(&key), "Quarantined findings.");
         files.push((path, key));
     }
     // Schema drift seen for the first time: a table row each, remembered in a checkpoint.
     let drift = std::mem::take(&mut *collector.drift.lock().unwrap_or_else(|p| p.into_inner()));
+    if drift.dropped > 0 {
+        warn!(
+            dropped = drift.dropped,
+            limit = crate::normalize::drift::MAX_DRIFT_ENTRIES,
+            "More distinct schema drift than a run records; the rest is counted only."
+        );
+    }
     if !drift.entries.is_empty() {
         let (mut seen, tag): (BTreeSet<(String, String, String)>, Option<Tag>) = match store
             .get_tagged(DRIFT_STATE)
@@ -589,8 +615,16 @@ async fn collect_and_publish(
             let path = work_dir.join("schema_drift.parquet");
             pq::write_file(&path, &batch).map_err(|e| RunError::Encode(e.to_string()))?;
             files.push((path, format!("schema_drift/dt={run_dt}/{run_id}.parquet")));
+            let room = crate::normalize::drift::MAX_DRIFT_STATE_ENTRIES.saturating_sub(seen.len());
+            if room < new.len() {
+                warn!(
+                    limit = crate::normalize::drift::MAX_DRIFT_STATE_ENTRIES,
+                    "The schema-drift state is full: drift beyond it is reported every run, not remembered."
+                );
+            }
             seen.extend(
                 new.iter()
+                    .take(room)
                     .map(|((t, p, k), _)| (t.clone(), p.clone(), k.as_str().to_owned())),
             );
             let body = serde_json::to_string(&seen).map_err(|e| RunError::Encode(e.to_string()))?;
@@ -654,6 +688,7 @@ async fn collect_and_publish(
             info!(table = %m.table, dt = %m.dt, files_before = m.files_before, files_after = m.files_after, "Compacted.");
         }
     }
+    totals.peak_rss_bytes = report::peak_rss_bytes();
     let summary = report::summary(
         run_id,
         outcomes,
@@ -758,6 +793,26 @@ async fn collect_cloudtrail(
         None => HashSet::new(),
     };
     let lake_has = &lake_has;
+    let stamp = RunStamp {
+        run_id: run_id.to_owned(),
+        collected_at_ms: run_start_ms,
+    };
+    // Its own directory: the findings writer names its files the same way.
+    let events_dir = work_dir.join("cloudtrail_events");
+    std::fs::create_dir_all(&events_dir).map_err(|e| RunError::Store {
+        key: events_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let event_sink = EventSink::new(
+        pq::PartitionWriter::new(
+            events_dir,
+            stamp,
+            config.flush_bytes,
+            config.target_file_bytes,
+        ),
+        Spill::new(work_dir.join("quarantine-cloudtrail.jsonl")),
+    );
+    let sink = &event_sink;
     let state_source = if org_trail.is_some() {
         "orgtrail"
     } else {
@@ -799,8 +854,8 @@ async fn collect_cloudtrail(
                                 Some(b) => orgtrail::Reading::Backfill { since_ms: b.since_ms, until_ms: b.until_ms },
                                 None => orgtrail::Reading::Incremental { first_start_ms: first_start, slack_ms: overlap_ms },
                             };
-                            let trail = orgtrail::Trail { source, org_id, rules };
-                            Ok(orgtrail::collect_account(&trail, &account, &regions, state, reading, run_start_ms, lake_has).await)
+                            let trail = orgtrail::Trail { source, org_id, rules, sink };
+                            Ok(orgtrail::collect_account(&trail, &account, &regions, state, reading, lake_has).await)
                         }
                         None => match aws.account_config(&account).await {
                             Ok(sdk) => {
@@ -835,26 +890,7 @@ async fn collect_cloudtrail(
         checkpoints: Vec::new(),
         files: Vec::new(),
     };
-    let stamp = RunStamp {
-        run_id: run_id.to_owned(),
-        collected_at_ms: run_start_ms,
-    };
-    // Its own directory: the findings writer names its files the same way.
-    let events_dir = work_dir.join("cloudtrail_events");
-    std::fs::create_dir_all(&events_dir).map_err(|e| RunError::Store {
-        key: events_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut events = pq::PartitionWriter::<EventRow>::new(
-        events_dir,
-        stamp.clone(),
-        config.flush_bytes,
-        config.target_file_bytes,
-    );
-    let encode = |e: parquet::errors::ParquetError| RunError::Encode(e.to_string());
     let mut links = Vec::new();
-    let mut bad = Vec::new();
-    let mut seen = HashSet::new();
     let outcome = |account: &str,
                    region: &str,
                    failure: Option<TargetFailure>,
@@ -912,19 +948,15 @@ async fn collect_cloudtrail(
                     });
                     info!(account_id = %account, objects_read = read, objects_skipped = skipped, "Read the organization trail.");
                 }
-                for row in collected.rows {
-                    if seen.insert(row.event_id().to_owned()) {
-                        events.push(row).map_err(encode)?;
-                    }
-                }
+                orgtrail::Sink::take(sink, collected.rows, collected.bad);
                 links.extend(collected.links);
-                bad.extend(collected.bad);
             }
         }
     }
     links.sort();
+    let (files, bad) = event_sink.finish()?;
     let mut kept = 0;
-    for file in events.finish().map_err(encode)? {
+    for file in files {
         kept += file.rows;
         output.files.push((
             file.path,
@@ -944,24 +976,11 @@ async fn collect_cloudtrail(
             .files
             .push((path, format!("finding_events/dt={day}/{name}")));
     }
-    if !bad.is_empty() {
-        let lines: String = bad
-            .iter()
-            .filter_map(|q| serde_json::to_string(q).ok())
-            .map(|l| l + "\n")
-            .collect();
-        let path = work_dir.join("quarantine-cloudtrail.jsonl");
-        std::fs::write(&path, lines).map_err(|e| RunError::Store {
-            key: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    if let Some((path, count)) = bad {
         let run_dt = DateTime::<Utc>::from_timestamp_millis(run_start_ms)
             .map(|t| t.date_naive())
             .unwrap_or_default();
-        warn!(
-            count = bad.len(),
-            "Quarantined malformed CloudTrail records."
-        );
+        warn!(count, "Quarantined malformed CloudTrail records.");
         output.files.push((
             path,
             format!("_quarantine/cloudtrail/dt={run_dt}/{run_id}.jsonl"),
@@ -1193,6 +1212,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
     let mut duplicates = 0;
     let published = chain.mark.published_set();
     let mut seen: HashSet<(String, i64)> = HashSet::new();
+    let mut passed_over = 0u64;
     let outcome = async {
         let sdk = aws.account_config(&chain.account_id).await?;
         let client = aws.guardduty(&sdk, &chain.region);
@@ -1202,27 +1222,52 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                 let value = match finding.value {
                     Ok(value) => value,
                     Err(reason) => {
-                        counts.entry(chain.account_id.clone()).or_default().quarantined += 1;
-                        quarantine(collector, &chain, None, format!("not JSON: {reason}"), finding.raw);
+                        let entry = counts.entry(chain.account_id.clone()).or_default();
+                        entry.read += 1;
+                        entry.quarantined += 1;
+                        let bad = Bad { finding_id: finding.requested_id.as_deref(), reason: &reason, raw: &finding.raw, raw_bytes: finding.raw_bytes };
+                        quarantine(collector, &chain, bad)?;
                         continue;
                     }
                 };
-                let account_id = value.get("accountId").and_then(|v| v.as_str()).unwrap_or(&chain.account_id).to_owned();
+                let id = value.get("id").and_then(|v| v.as_str());
+                let account_id = value.get("accountId").and_then(|v| v.as_str()).unwrap_or("");
                 // A delegated administrator's detector also lists its members' findings: in
                 // member mode those belong to the members' own chains, and in delegated-admin
                 // mode only the accounts this run covers count (not excluded or suspended ones).
                 let covered = match &chain.members {
-                    Some(members) => members.contains(&account_id),
+                    Some(members) => members.contains(account_id),
                     None => account_id == chain.account_id,
                 };
-                if !covered {
+                let mismatch = if !covered && is_account_id(account_id) && collector.known_accounts.contains(account_id) {
+                    passed_over += 1;
+                    continue;
+                } else if !covered {
+                    Some(format!("accountId {account_id:?} is not an account of this target ({}) nor of the organization", chain.account_id))
+                } else {
+                    match value.get("region").and_then(|v| v.as_str()) {
+                        Some(region) if region == chain.region => None,
+                        region => Some(format!("region {region:?} is not this target's region ({})", chain.region)),
+                    }
+                };
+                if let Some(reason) = mismatch {
+                    let owner = if covered { account_id } else { &chain.account_id };
+                    let entry = counts.entry(owner.to_owned()).or_default();
+                    entry.read += 1;
+                    entry.quarantined += 1;
+                    warn!(finding_id = id.unwrap_or("?"), reason = %reason, "Quarantined a finding that does not belong to its target.");
+                    let bad = Bad { finding_id: id, reason: &reason, raw: &finding.raw, raw_bytes: finding.raw_bytes };
+                    quarantine(collector, &chain, bad)?;
                     continue;
                 }
+                let account_id = account_id.to_owned();
                 let entry = counts.entry(account_id.clone()).or_default();
                 entry.read += 1;
                 collector.drift.lock().unwrap_or_else(|p| p.into_inner()).record(&value, &account_id, &chain.region, now_ms());
-                match normalize(&value, finding.raw) {
-                    Ok(row) => {
+                // The text joins the row only once it is good: a bad one is quarantined as received.
+                match normalize(&value, String::new()) {
+                    Ok(mut row) => {
+                        row.raw = finding.raw;
                         let key = (row.id.clone(), row.updated_at_ms);
                         let in_lake = !collector.existing.is_empty()
                             && collector.existing.contains(&(row.account_id.clone(), row.region.clone(), row.id.clone(), row.updated_at_ms));
@@ -1255,9 +1300,9 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     }
                     Err(reason) => {
                         entry.quarantined += 1;
-                        let id = value.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-                        warn!(finding_id = id.as_deref().unwrap_or("?"), reason = %reason, "Quarantined a malformed finding.");
-                        quarantine(collector, &chain, id, reason.to_string(), value.to_string());
+                        let reason = reason.to_string();
+                        warn!(finding_id = id.unwrap_or("?"), reason = %reason, "Quarantined a malformed finding.");
+                        quarantine(collector, &chain, Bad { finding_id: id, reason: &reason, raw: &finding.raw, raw_bytes: finding.raw_bytes })?;
                     }
                 }
             }
@@ -1274,6 +1319,9 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
         }
         None => info!(rows = new_versions.len(), duplicates, "Target collected."),
     }
+    if passed_over > 0 {
+        info!(findings = passed_over, "Passed over findings of other organization accounts (this detector administers them; their own targets read them).");
+    }
     ChainResult {
         chain,
         started_at_ms,
@@ -1285,22 +1333,37 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
     }
 }
 
-fn quarantine(
-    collector: &Collector,
-    chain: &Chain,
-    finding_id: Option<String>,
-    reason: String,
-    raw: String,
-) {
+/// What is known of a finding that cannot be used.
+struct Bad<'a> {
+    finding_id: Option<&'a str>,
+    reason: &'a str,
+    raw: &'a str,
+    raw_bytes: usize,
+}
+
+/// A 12-digit AWS account id.
+fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn quarantine(collector: &Collector, chain: &Chain, bad: Bad<'_>) -> Result<(), TargetFailure> {
     collector
         .quarantine
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Quarantined {
-            account_id: chain.account_id.clone(),
-            region: chain.region.clone(),
-            finding_id,
-            reason,
-            raw,
-        });
+        .push(&Quarantined {
+            account_id: &chain.account_id,
+            region: &chain.region,
+            finding_id: bad.finding_id,
+            reason: bad.reason,
+            raw: bad.raw,
+            raw_bytes: bad.raw_bytes,
+        })
+        .map_err(|e| {
+            TargetFailure::new(
+                TargetStatus::Error,
+                "Quarantine",
+                format!("writing the quarantine failed: {e}"),
+            )
+        })
 }

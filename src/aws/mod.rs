@@ -53,6 +53,9 @@ impl Aws {
         run_id: &str,
         s3_path_style: bool,
     ) -> Result<Self, TargetFailure> {
+        if let Some(external_id) = &config.external_id {
+            crate::logs::redact(external_id);
+        }
         let retry = RetryConfig::standard()
             .with_max_attempts(config.max_attempts)
             .with_initial_backoff(Duration::from_millis(200))

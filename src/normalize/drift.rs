@@ -11,6 +11,16 @@ use serde_json::Value;
 /// Examples are cut to this many bytes (at a character boundary).
 pub const EXAMPLE_BYTES: usize = 256;
 
+/// Differences recorded per finding; more become one `too_many_differences` entry.
+pub const MAX_DRIFT_PER_FINDING: usize = 32;
+
+/// Distinct (finding type, path, kind) entries a run records; later ones are counted only.
+pub const MAX_DRIFT_ENTRIES: usize = 1_000;
+
+/// Entries the drift state (`_state/schema_drift.json`) remembers; past it, new drift is still
+/// reported each run but no longer remembered.
+pub const MAX_DRIFT_STATE_ENTRIES: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DriftKind {
     /// A member the schema does not know.
@@ -20,6 +30,9 @@ pub enum DriftKind {
     NewFindingType,
     NewResourceType,
     NewActionType,
+    /// A finding with more differences than [`MAX_DRIFT_PER_FINDING`]: the first ones are
+    /// recorded, this says how many there were.
+    TooManyDifferences,
 }
 
 impl DriftKind {
@@ -30,6 +43,7 @@ impl DriftKind {
             Self::NewFindingType => "new_finding_type",
             Self::NewResourceType => "new_resource_type",
             Self::NewActionType => "new_action_type",
+            Self::TooManyDifferences => "too_many_differences",
         }
     }
 }
@@ -215,6 +229,8 @@ pub type DriftKey = (String, String, DriftKind);
 #[derive(Debug, Default)]
 pub struct DriftLog {
     pub entries: BTreeMap<DriftKey, DriftEntry>,
+    /// Differences not recorded because the run already held [`MAX_DRIFT_ENTRIES`].
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -233,17 +249,36 @@ impl DriftLog {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        for drift in check(finding) {
-            self.entries
-                .entry((finding_type.clone(), drift.path, drift.kind))
-                .and_modify(|e| e.count += 1)
-                .or_insert_with(|| DriftEntry {
-                    account_id: account_id.to_owned(),
-                    region: region.to_owned(),
-                    first_seen_ms: now_ms,
-                    example: drift.example,
-                    count: 1,
-                });
+        let mut found = check(finding);
+        if found.len() > MAX_DRIFT_PER_FINDING {
+            let total = found.len();
+            found.truncate(MAX_DRIFT_PER_FINDING);
+            found.push(Drift {
+                path: String::new(),
+                kind: DriftKind::TooManyDifferences,
+                example: format!(
+                    "{total} differences; the first {MAX_DRIFT_PER_FINDING} are recorded"
+                ),
+            });
+        }
+        for drift in found {
+            let key = (finding_type.clone(), drift.path, drift.kind);
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.count += 1;
+            } else if self.entries.len() >= MAX_DRIFT_ENTRIES {
+                self.dropped += 1;
+            } else {
+                self.entries.insert(
+                    key,
+                    DriftEntry {
+                        account_id: account_id.to_owned(),
+                        region: region.to_owned(),
+                        first_seen_ms: now_ms,
+                        example: drift.example,
+                        count: 1,
+                    },
+                );
+            }
         }
     }
 }
@@ -310,6 +345,37 @@ mod tests {
             .unwrap();
         assert_eq!(extra.example.len(), EXAMPLE_BYTES);
         assert_eq!(drift.len(), 5, "{kinds:?}");
+    }
+
+    #[test]
+    fn a_finding_with_thousands_of_new_keys_is_bounded() {
+        let mut finding = example_finding();
+        for i in 0..10_000 {
+            finding[format!("novel{i}")] = 1.into();
+        }
+        let mut log = DriftLog::default();
+        log.record(&finding, "1", "r", 5);
+        assert_eq!(log.entries.len(), MAX_DRIFT_PER_FINDING + 1);
+        let (_, entry) = log
+            .entries
+            .iter()
+            .find(|((_, _, kind), _)| *kind == DriftKind::TooManyDifferences)
+            .unwrap();
+        assert!(
+            entry.example.starts_with("10000 differences"),
+            "{}",
+            entry.example
+        );
+        for n in 0..100 {
+            let mut other = example_finding();
+            other["type"] = format!("New:Type/N{n}").into();
+            for i in 0..20 {
+                other[format!("k{i}")] = 1.into();
+            }
+            log.record(&other, "1", "r", 5);
+        }
+        assert_eq!(log.entries.len(), MAX_DRIFT_ENTRIES);
+        assert!(log.dropped > 0);
     }
 
     #[test]

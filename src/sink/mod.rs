@@ -1,4 +1,6 @@
 //! Where rows go: Parquet encoding and the object store (local directory or S3).
+pub mod events;
 pub mod lake;
 pub mod parquet;
+pub mod spill;
 pub mod store;

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::io::AsyncReadExt;
+use tracing::warn;
 
 /// Default multipart threshold and part size: uploads above it use multipart, in parts of it.
 /// S3 parts must be 5 MiB to 5 GiB (all but the last).
@@ -83,6 +86,37 @@ where
         message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
         code,
     }
+}
+
+/// The largest object read whole into memory (state, journals, trail log objects): a
+/// CloudTrail log object is a few MiB compressed, state a few KiB.
+pub const MAX_GET_BYTES: u64 = 128 << 20;
+
+/// A key as ListObjectsV2 returns it with `encoding-type=url` (percent-encoded, `+` for a
+/// space), decoded; `None` when it is not UTF-8 once decoded. Listing encoded keeps a key with
+/// characters XML cannot carry (a NUL) from breaking the whole page.
+pub fn url_decoded(listed: &str) -> Option<String> {
+    let bytes = listed.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = listed.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// True when an S3 error is a failed precondition (412) or a conditional-write conflict (409).
@@ -266,17 +300,31 @@ impl Store {
         Ok(self.get_tagged(key).await?.map(|(bytes, _)| bytes))
     }
 
-    /// Reads an object with its version tag, for a later `put_if`.
+    /// Reads an object with its version tag, for a later `put_if`. An object over
+    /// [`MAX_GET_BYTES`] is an error, not read.
     pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, Tag)>, StoreError> {
+        let too_large = |size: u64| {
+            StoreError::new(
+                key,
+                format!("the object is {size} bytes, over the limit of {MAX_GET_BYTES} (MAX_GET_BYTES); it was not read"),
+            )
+        };
         match self {
-            Self::Local { root } => match tokio::fs::read(Self::under_root(root, key)?).await {
-                Ok(bytes) => {
-                    let tag = content_tag(&bytes);
-                    Ok(Some((bytes, tag)))
+            Self::Local { root } => {
+                let path = Self::under_root(root, key)?;
+                match tokio::fs::metadata(&path).await {
+                    Ok(meta) if meta.len() > MAX_GET_BYTES => return Err(too_large(meta.len())),
+                    _ => {}
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(store_error(key, e)),
-            },
+                match tokio::fs::read(path).await {
+                    Ok(bytes) => {
+                        let tag = content_tag(&bytes);
+                        Ok(Some((bytes, tag)))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(store_error(key, e)),
+                }
+            }
             Self::S3 { client, bucket, .. } => match client
                 .get_object()
                 .bucket(bucket)
@@ -285,6 +333,10 @@ impl Store {
                 .await
             {
                 Ok(object) => {
+                    let size = object.content_length().unwrap_or(0).max(0) as u64;
+                    if size > MAX_GET_BYTES {
+                        return Err(too_large(size));
+                    }
                     let tag = object.e_tag().unwrap_or_default().to_owned();
                     let bytes = object
                         .body
@@ -475,15 +527,18 @@ impl Store {
                     .bucket(bucket)
                     .prefix(&full)
                     .set_start_after(start_after.map(|key| self.s3_key(key)))
+                    .encoding_type(EncodingType::Url)
                     .into_paginator()
                     .send();
                 while let Some(page) = pages.try_next().await.map_err(|e| sdk_error(prefix, e))? {
                     for object in page.contents() {
-                        if let Some(key) = object.key() {
-                            keys.push((
+                        let Some(listed) = object.key() else { continue };
+                        match url_decoded(listed) {
+                            Some(key) if key.starts_with(&full) => keys.push((
                                 key[strip..].to_owned(),
                                 object.size().unwrap_or(0).max(0) as u64,
-                            ));
+                            )),
+                            _ => warn!(key = listed, "Passed over a listed key that is not UTF-8 or not under the prefix."),
                         }
                     }
                 }
@@ -517,11 +572,13 @@ impl Store {
                     .bucket(bucket)
                     .prefix(&full)
                     .delimiter("/")
+                    .encoding_type(EncodingType::Url)
                     .send()
                     .await
                     .map_err(|e| sdk_error(prefix, e))?;
-                let below = |key: &str| {
-                    key.strip_prefix(&full)
+                let below = |listed: &str| {
+                    url_decoded(listed)?
+                        .strip_prefix(&full)
                         .map(|k| k.trim_end_matches('/').to_owned())
                 };
                 names.extend(
@@ -680,6 +737,17 @@ async fn multipart(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        assert_eq!(
+            url_decoded("a/b%20c+d%2Be%00.gz").as_deref(),
+            Some("a/b c d+e\0.gz")
+        );
+        assert_eq!(url_decoded("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(url_decoded("bad%FF"), None, "not UTF-8");
+        assert_eq!(url_decoded("cut%4"), None);
+    }
 
     #[tokio::test]
     async fn local_create_refuses_to_overwrite_and_leaves_no_temp_files() {

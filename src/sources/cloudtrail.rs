@@ -286,7 +286,7 @@ pub async fn collect_account(
         .map(|(id, _)| id.clone())
         .chain(lake_has.iter().cloned())
         .collect();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen = EventIds::default();
     let client_for = |region: &str| {
         aws_sdk_cloudtrail::Client::from_conf(
             aws_sdk_cloudtrail::config::Builder::from(config)
@@ -488,15 +488,37 @@ pub fn admit(
     None
 }
 
+/// Event ids held as 128-bit keyed hashes (two SipHash keys drawn for each set): 16 bytes an
+/// id whatever its length, so a run over millions of events stays small. Two different ids
+/// are taken for one only on a 128-bit collision of keys nobody outside the process knows.
+#[derive(Debug, Default)]
+pub struct EventIds {
+    keys: (
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    ),
+    set: HashSet<u128>,
+}
+
+impl EventIds {
+    /// True when `id` was not in the set.
+    pub fn insert(&mut self, id: &str) -> bool {
+        use std::hash::BuildHasher;
+        let hash =
+            (u128::from(self.keys.0.hash_one(id)) << 64) | u128::from(self.keys.1.hash_one(id));
+        self.set.insert(hash)
+    }
+}
+
 /// Keeps a record once per run and never again once published, counting it as written.
 pub fn keep_once(
     result: &mut AccountResult,
-    seen: &mut HashSet<String>,
+    seen: &mut EventIds,
     published: &HashSet<String>,
     region: &str,
     row: EventRow,
 ) {
-    if !published.contains(row.event_id()) && seen.insert(row.event_id().to_owned()) {
+    if !published.contains(row.event_id()) && seen.insert(row.event_id()) {
         result.regions.entry(region.to_owned()).or_default().written += 1;
         result.rows.push(row);
     }

@@ -13,12 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_guardduty::types::{Condition, DetectorStatus, FindingCriteria, OrderBy, SortCriteria};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tracing::warn;
 
 use crate::error::{classify, TargetFailure, TargetStatus};
 
@@ -32,20 +36,103 @@ pub struct Window {
     pub end_ms: i64,
 }
 
-/// One finding as received: its JSON text, exactly, and its parse.
+/// The largest finding kept. A GuardDuty finding also travels as an EventBridge event (at most
+/// 256 KiB), so this leaves room; a larger one is quarantined by its size, its text not kept.
+pub const MAX_FINDING_BYTES: usize = 1 << 20;
+
+/// The largest GetFindings body read. A larger answer (its Content-Length says so before it is
+/// read) is dropped unread and its findings are asked for one by one.
+pub const MAX_BODY_BYTES: u64 = 16 << 20;
+
+/// One finding as received: its JSON text, exactly, and its parse (or why it cannot be used).
 #[derive(Debug)]
 pub struct RawFinding {
+    /// The exact text; empty when the finding was over [`MAX_FINDING_BYTES`].
     pub raw: String,
+    /// The size of the finding as received, in bytes.
+    pub raw_bytes: usize,
+    /// The id asked for, when a finding was fetched alone.
+    pub requested_id: Option<String>,
     pub value: Result<serde_json::Value, String>,
 }
 
-/// Keeps the body bytes of a successful response, for the operation it is attached to.
+impl RawFinding {
+    /// A finding from its bytes as they sit in the body: over the size limit, not UTF-8 or not
+    /// JSON, it carries the reason instead of a value.
+    fn from_bytes(bytes: &[u8]) -> Self {
+        if bytes.len() > MAX_FINDING_BYTES {
+            return Self {
+                raw: String::new(),
+                raw_bytes: bytes.len(),
+                requested_id: None,
+                value: Err(format!(
+                    "the finding is {} bytes, over the limit of 1 MiB (MAX_FINDING_BYTES); its text was not kept",
+                    bytes.len()
+                )),
+            };
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self {
+                raw: text.to_owned(),
+                raw_bytes: bytes.len(),
+                requested_id: None,
+                value: serde_json::from_str(text).map_err(|e| e.to_string()),
+            },
+            Err(e) => Self {
+                raw: String::from_utf8_lossy(bytes).into_owned(),
+                raw_bytes: bytes.len(),
+                requested_id: None,
+                value: Err(format!(
+                    "not UTF-8 at byte {} (kept with U+FFFD for the bad bytes)",
+                    e.valid_up_to()
+                )),
+            },
+        }
+    }
+}
+
+/// What the interceptor saw of a response.
 #[derive(Debug, Clone, Default)]
-struct CaptureBody(Arc<Mutex<Option<bytes::Bytes>>>);
+enum Captured {
+    #[default]
+    Nothing,
+    Body(bytes::Bytes),
+    /// Content-Length over [`MAX_BODY_BYTES`]: the body was not read.
+    TooLarge(u64),
+}
+
+/// Keeps the body bytes of a successful response, for the operation it is attached to, and
+/// refuses to read one over [`MAX_BODY_BYTES`].
+#[derive(Debug, Clone, Default)]
+struct CaptureBody(Arc<Mutex<Captured>>);
 
 impl Intercept for CaptureBody {
     fn name(&self) -> &'static str {
         "guardlake::CaptureBody"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(length) if length > MAX_BODY_BYTES && response.status().is_success() => {
+                // Dropped unread: the connection is closed instead of reused.
+                *response.body_mut() = SdkBody::empty();
+                if let Ok(mut slot) = self.0.lock() {
+                    *slot = Captured::TooLarge(length);
+                }
+                Err(format!("GetFindings answered {length} bytes, over {MAX_BODY_BYTES}").into())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn read_after_deserialization(
@@ -58,7 +145,11 @@ impl Intercept for CaptureBody {
         if response.status().is_success() {
             if let Some(body) = response.body().bytes() {
                 if let Ok(mut slot) = self.0.lock() {
-                    *slot = Some(bytes::Bytes::copy_from_slice(body));
+                    *slot = if body.len() as u64 > MAX_BODY_BYTES {
+                        Captured::TooLarge(body.len() as u64)
+                    } else {
+                        Captured::Body(bytes::Bytes::copy_from_slice(body))
+                    };
                 }
             }
         }
@@ -145,11 +236,56 @@ pub async fn collect_findings(
     Ok(())
 }
 
+/// One GetFindings call; an answer over [`MAX_BODY_BYTES`] is asked for again one id at a
+/// time, and a single finding that is still over it is quarantined by its id and size.
 async fn get_findings(
     client: &aws_sdk_guardduty::Client,
     detector_id: &str,
     ids: &[String],
 ) -> Result<Vec<RawFinding>, TargetFailure> {
+    match get_findings_once(client, detector_id, ids).await? {
+        Ok(findings) => Ok(findings),
+        Err(length) if ids.len() > 1 => {
+            warn!(
+                ids = ids.len(),
+                bytes = length,
+                "GetFindings answer over the size limit; asking for its findings one by one."
+            );
+            let mut findings = Vec::with_capacity(ids.len());
+            for id in ids {
+                match get_findings_once(client, detector_id, std::slice::from_ref(id)).await? {
+                    Ok(mut one) => {
+                        for finding in &mut one {
+                            finding.requested_id = Some(id.clone());
+                        }
+                        findings.extend(one);
+                    }
+                    Err(length) => findings.push(oversized(id, length)),
+                }
+            }
+            Ok(findings)
+        }
+        Err(length) => Ok(ids.iter().map(|id| oversized(id, length)).collect()),
+    }
+}
+
+fn oversized(id: &str, length: u64) -> RawFinding {
+    RawFinding {
+        raw: String::new(),
+        raw_bytes: length as usize,
+        requested_id: Some(id.to_owned()),
+        value: Err(format!(
+            "GetFindings answered {length} bytes for this finding alone, over the limit of 16 MiB (MAX_BODY_BYTES); it was not read"
+        )),
+    }
+}
+
+/// The findings of one call, or `Err(bytes)` when the answer was over the size limit.
+async fn get_findings_once(
+    client: &aws_sdk_guardduty::Client,
+    detector_id: &str,
+    ids: &[String],
+) -> Result<Result<Vec<RawFinding>, u64>, TargetFailure> {
     let capture = CaptureBody::default();
     let result = client
         .get_findings()
@@ -159,12 +295,17 @@ async fn get_findings(
         .interceptor(capture.clone())
         .send()
         .await;
-    let body = capture.0.lock().ok().and_then(|mut slot| slot.take());
-    match (result, body) {
+    let captured = capture
+        .0
+        .lock()
+        .map(|mut slot| std::mem::take(&mut *slot))
+        .unwrap_or_default();
+    match (result, captured) {
+        (_, Captured::TooLarge(length)) => Ok(Err(length)),
         // A body the SDK could not parse still holds the findings; they are judged one by one.
-        (_, Some(body)) => split_findings(&body),
-        (Err(err), None) => Err(classify("guardduty:GetFindings", &err)),
-        (Ok(_), None) => Err(TargetFailure::new(
+        (_, Captured::Body(body)) => split_findings(&body).map(Ok),
+        (Err(err), Captured::Nothing) => Err(classify("guardduty:GetFindings", &err)),
+        (Ok(_), Captured::Nothing) => Err(TargetFailure::new(
             TargetStatus::Error,
             "NoBody",
             "GetFindings answered without a body",
@@ -172,23 +313,98 @@ async fn get_findings(
     }
 }
 
-/// Splits a GetFindings body into findings, each with its exact JSON text.
+/// Splits a GetFindings body into findings, each with its exact JSON text. A body that is not
+/// valid JSON as a whole (one finding with invalid UTF-8 or a raw control character) is split
+/// by its structure instead, so the bad finding is quarantined and the others are kept.
 pub fn split_findings(body: &[u8]) -> Result<Vec<RawFinding>, TargetFailure> {
-    let parsed: GetFindingsBody<'_> = serde_json::from_slice(body).map_err(|e| {
+    if let Ok(parsed) = serde_json::from_slice::<GetFindingsBody<'_>>(body) {
+        return Ok(parsed
+            .findings
+            .into_iter()
+            .map(|raw| RawFinding::from_bytes(raw.get().as_bytes()))
+            .collect());
+    }
+    let items = split_findings_array(body).ok_or_else(|| {
+        let detail = serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no findings array".into());
         TargetFailure::new(
             TargetStatus::Error,
             "MalformedResponse",
-            format!("GetFindings body is not JSON: {e}"),
+            format!("GetFindings body cannot be split into findings: {detail}"),
         )
     })?;
-    Ok(parsed
-        .findings
-        .into_iter()
-        .map(|raw| RawFinding {
-            raw: raw.get().to_owned(),
-            value: serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
-        })
-        .collect())
+    Ok(items.into_iter().map(RawFinding::from_bytes).collect())
+}
+
+/// The items of the top-level `"findings"` array, found by structure alone (strings, escapes,
+/// brackets), whatever bytes the strings hold. `None` when the body has no such array or its
+/// brackets do not balance.
+fn split_findings_array(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut items = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut string_start = 0;
+    let mut last_key: Option<&[u8]> = None;
+    let mut in_findings = false;
+    let mut found = false;
+    let mut item_start: Option<usize> = None;
+    for (i, &byte) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+                if depth == 1 {
+                    last_key = Some(&body[string_start + 1..i]);
+                }
+            }
+            continue;
+        }
+        let at_item = in_findings && depth == 2;
+        match byte {
+            b'"' => {
+                in_string = true;
+                string_start = i;
+                if at_item && item_start.is_none() {
+                    item_start = Some(i);
+                }
+            }
+            b'{' | b'[' => {
+                if at_item && item_start.is_none() {
+                    item_start = Some(i);
+                }
+                if depth == 1 && byte == b'[' && last_key == Some(&b"findings"[..]) {
+                    in_findings = true;
+                    found = true;
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if in_findings && depth == 1 {
+                    if let Some(start) = item_start.take() {
+                        items.push(body[start..i].trim_ascii());
+                    }
+                    in_findings = false;
+                }
+            }
+            b',' if at_item => {
+                if let Some(start) = item_start.take() {
+                    items.push(body[start..i].trim_ascii());
+                }
+            }
+            b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' => {}
+            _ => {
+                if at_item && item_start.is_none() {
+                    item_start = Some(i);
+                }
+            }
+        }
+    }
+    (found && depth == 0 && !in_string).then_some(items)
 }
 
 #[cfg(test)]
@@ -205,5 +421,50 @@ mod tests {
             [r#"{"id":"a","x":{"y":1}}"#, r#"{"id":"b","new":[true]}"#]
         );
         assert!(split_findings(b"not json").is_err());
+    }
+
+    #[test]
+    fn one_bad_finding_is_split_out_and_the_others_kept() {
+        let mut body = br#"{"findings":[{"id":"a","t":"[x]\"}"}, {"id":"b","bad":""#.to_vec();
+        body.extend_from_slice(b"\xff\x00");
+        body.extend_from_slice(br#""},{"id":"c","n":[1,{"d":2}]}],"unprocessedFindings":[]}"#);
+        let findings = split_findings(&body).unwrap();
+        assert_eq!(findings.len(), 3);
+        assert_eq!(findings[0].raw, r#"{"id":"a","t":"[x]\"}"}"#);
+        assert_eq!(findings[0].value.as_ref().unwrap()["t"], "[x]\"}");
+        assert!(findings[1]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("not UTF-8 at byte 17"));
+        assert_eq!(findings[1].raw_bytes, 21);
+        assert_eq!(findings[2].value.as_ref().unwrap()["n"][1]["d"], 2);
+        // A raw NUL in valid UTF-8: the finding is not JSON, its text is kept exactly.
+        let nul = b"{\"findings\":[{\"id\":\"x\x00\"},{\"id\":\"y\"}]}";
+        let findings = split_findings(nul).unwrap();
+        assert!(findings[0].value.is_err());
+        assert_eq!(findings[0].raw, "{\"id\":\"x\u{0}\"}");
+        assert!(findings[1].value.is_ok());
+        assert!(
+            split_findings(br#"{"findings":[{"id":"a"}"#).is_err(),
+            "unbalanced"
+        );
+    }
+
+    #[test]
+    fn a_finding_over_the_limit_is_not_kept() {
+        let big = format!(
+            r#"{{"findings":[{{"id":"a","p":"{}"}},{{"id":"b"}}]}}"#,
+            "x".repeat(MAX_FINDING_BYTES)
+        );
+        let findings = split_findings(big.as_bytes()).unwrap();
+        assert!(findings[0].raw.is_empty());
+        assert!(findings[0].raw_bytes > MAX_FINDING_BYTES);
+        assert!(findings[0]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("MAX_FINDING_BYTES"));
+        assert!(findings[1].value.is_ok());
     }
 }

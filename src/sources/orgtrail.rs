@@ -11,7 +11,7 @@
 //! object key and the reason; the records before it and the rest of the run go on.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cloudtrail::{
     admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation,
-    GLOBAL_REGION, GLOBAL_SOURCES, RETENTION_MS,
+    EventIds, GLOBAL_REGION, GLOBAL_SOURCES,
 };
 use crate::error::{classify_store, TargetFailure, TargetStatus};
 use crate::normalize::cloudtrail::{normalize_text, BadRecord, EventRow, FindingEvent};
@@ -353,6 +353,7 @@ fn is_log_object(prefix: &str, key: &str) -> bool {
             && rest.get(10..11) == Some("/")
             && rest.ends_with(".json.gz")
             && !rest[11..].contains('/')
+            && crate::sink::store::is_safe_key(key)
     })
 }
 
@@ -456,6 +457,10 @@ impl Rules {
     }
 }
 
+/// Records handed to the sink at a time while an object is read: an object of a million
+/// records never sits in memory as rows.
+const SINK_BATCH: usize = 4096;
+
 /// What `take_object` keeps of an object's records.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep {
@@ -465,12 +470,12 @@ pub struct Keep {
     pub all: bool,
 }
 
-/// Reads one object's records into `result`: relevant ones once per run and never again once
-/// published; bad ones quarantined with the object key.
+/// Reads one object's records into `sink`: relevant ones once per run and never again once
+/// published; bad ones quarantined with the object key. Counts and links stay in `result`.
 #[allow(clippy::too_many_arguments)]
 pub fn take_object(
     result: &mut AccountResult,
-    seen: &mut HashSet<String>,
+    seen: &mut EventIds,
     published: &HashSet<String>,
     rules: &Rules,
     account_id: &str,
@@ -478,6 +483,7 @@ pub fn take_object(
     key: &str,
     compressed: &[u8],
     keep: Keep,
+    sink: &dyn Sink,
 ) {
     let mut links = Vec::new();
     let outcome = read_object(compressed, &mut |record| {
@@ -499,6 +505,12 @@ pub fn take_object(
         if relevant || keep.all {
             keep_once(result, seen, published, region, row);
         }
+        if result.rows.len() + result.bad.len() >= SINK_BATCH {
+            sink.take(
+                std::mem::take(&mut result.rows),
+                std::mem::take(&mut result.bad),
+            );
+        }
     });
     if let Err(reason) = outcome {
         let stats = result.regions.entry(region.to_owned()).or_default();
@@ -512,13 +524,24 @@ pub fn take_object(
         });
     }
     result.links.extend(links);
+    sink.take(
+        std::mem::take(&mut result.rows),
+        std::mem::take(&mut result.bad),
+    );
 }
 
-/// Where one account's objects are and what is relevant in them.
+/// Where kept events and quarantined records go, object by object, so that an account with
+/// millions of events is never held in memory.
+pub trait Sink: Sync {
+    fn take(&self, rows: Vec<EventRow>, bad: Vec<BadEvent>);
+}
+
+/// Where one account's objects are, what is relevant in them, and where it goes.
 pub struct Trail<'a> {
     pub source: &'a Store,
     pub org_id: &'a str,
     pub rules: &'a Rules,
+    pub sink: &'a dyn Sink,
 }
 
 /// One account's reading: what it produced, the event ids to skip, the ones taken this run.
@@ -526,8 +549,8 @@ struct Reader<'a> {
     trail: &'a Trail<'a>,
     account_id: &'a str,
     result: AccountResult,
-    published: HashSet<String>,
-    seen: HashSet<String>,
+    published: &'a HashSet<String>,
+    seen: EventIds,
 }
 
 impl Reader<'_> {
@@ -565,13 +588,14 @@ impl Reader<'_> {
                     take_object(
                         &mut self.result,
                         &mut self.seen,
-                        &self.published,
+                        self.published,
                         self.trail.rules,
                         self.account_id,
                         region,
                         &key,
                         &bytes,
                         keep,
+                        self.trail.sink,
                     );
                 }
                 Ok(None) => {}
@@ -706,20 +730,15 @@ pub async fn collect_account(
     regions: &[String],
     mut state: AccountState,
     reading: Reading,
-    now_ms: i64,
     lake_has: &HashSet<String>,
 ) -> AccountResult {
     let mut reader = Reader {
         trail,
         account_id,
         result: AccountResult::default(),
-        published: state
-            .published
-            .iter()
-            .map(|(id, _)| id.clone())
-            .chain(lake_has.iter().cloned())
-            .collect(),
-        seen: HashSet::new(),
+        // Objects, not event ids, are what a cursor remembers: only a backfill skips ids.
+        published: lake_has,
+        seen: EventIds::default(),
     };
     migrate_legacy_objects(&mut state, trail.org_id, account_id);
     // Insights are on for few trails and regions: one listing per account says which.
@@ -798,15 +817,9 @@ pub async fn collect_account(
         }
     }
     let mut result = reader.result;
-    let keep_from = now_ms - RETENTION_MS;
-    let mut all: BTreeMap<String, i64> = state.published.iter().cloned().collect();
-    all.extend(
-        result
-            .rows
-            .iter()
-            .map(|r| (r.event_id().to_owned(), r.event_time_ms)),
-    );
-    state.published = all.into_iter().filter(|(_, t)| *t >= keep_from).collect();
+    // Ids published by versions that kept them: the cursor makes them unneeded, and they grew
+    // with every event.
+    state.published.clear();
     result.links.sort();
     result.links.dedup();
     result.state = state;

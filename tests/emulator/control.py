@@ -15,6 +15,7 @@ documented in `README.md` beside this file.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -281,9 +282,16 @@ def _list_regions(call: Call, start_response: Callable) -> list[bytes]:
 
 
 def _reset_connection(environ: dict[str, Any]) -> None:
+    """Drops the connection before any answer: shut down now (the handler's file objects keep
+    the descriptor open, so close() alone would let the answer through), reset (linger 0)
+    when the descriptor is finally closed."""
     sock = environ.get("werkzeug.socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         sock.close()
 
 
@@ -351,7 +359,8 @@ class ControlMiddleware:
         try:
             if name == "guardduty/findings" and method == "POST":
                 findings = body["findings"]
-                detector_id = guardduty_ext.seed(str(body["account_id"]), body["region"], findings)
+                raw_text = {str(k): base64.b64decode(v) for k, v in (body.get("raw_text_b64") or {}).items()}
+                detector_id = guardduty_ext.seed(str(body["account_id"]), body["region"], findings, raw_text)
                 return _json(start_response, 200, {"detector_id": detector_id, "seeded": len(findings)})
             if name == "cloudtrail/events" and method == "POST":
                 events = body["events"]

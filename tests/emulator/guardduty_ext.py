@@ -27,6 +27,9 @@ from . import shapes
 
 # (account_id, region) -> finding id -> finding JSON exactly as seeded or generated.
 FINDINGS: dict[tuple[str, str], dict[str, dict]] = {}
+# (account_id, region) -> finding id -> the bytes GetFindings answers for it instead of its JSON
+# (hostile-input tests: invalid UTF-8, raw control characters, huge findings).
+RAW_TEXT: dict[tuple[str, str], dict[str, bytes]] = {}
 LOCK = threading.RLock()
 
 
@@ -43,6 +46,7 @@ class BadRequestException(JsonRESTError):
 def reset() -> None:
     with LOCK:
         FINDINGS.clear()
+        RAW_TEXT.clear()
 
 
 def ensure_detector(account_id: str, region: str) -> str:
@@ -54,12 +58,13 @@ def ensure_detector(account_id: str, region: str) -> str:
     return backend.create_detector(True, "FIFTEEN_MINUTES", {}, {}, [])
 
 
-def seed(account_id: str, region: str, findings: list[dict]) -> str:
+def seed(account_id: str, region: str, findings: list[dict], raw_text: dict[str, bytes] | None = None) -> str:
     detector_id = ensure_detector(account_id, region)
     with LOCK:
         store = FINDINGS.setdefault((account_id, region), {})
         for finding in findings:
             store[str(finding.get("id", uuid.uuid4().hex))] = finding
+        RAW_TEXT.setdefault((account_id, region), {}).update(raw_text or {})
     return detector_id
 
 
@@ -215,7 +220,13 @@ def get_findings(self: GuardDutyResponse) -> str:
     by_id = {f["id"]: f for f in visible_findings(self.current_account, self.region)}
     found = [by_id[i] for i in ids if i in by_id]
     found = _sort(found, self._get_param("sortCriteria")) if self._get_param("sortCriteria") else found
-    return json.dumps({"findings": found})
+    with LOCK:
+        raw = {(f["accountId"], f["id"]): RAW_TEXT.get((f["accountId"], self.region), {}).get(f["id"]) for f in found}
+    if not any(raw.values()):
+        return json.dumps({"findings": found})
+    parts = [raw[(f["accountId"], f["id"])] or json.dumps(f).encode() for f in found]
+    body = b'{"findings":[' + b",".join(parts) + b'],"unprocessedFindings":[]}'
+    return 200, {"Content-Type": "application/json"}, body  # type: ignore[return-value]
 
 
 def create_sample_findings(self: GuardDutyResponse) -> str:

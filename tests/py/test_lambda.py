@@ -93,5 +93,6 @@ def test_binary_serves_lambda_invocations(tmp_path):
     assert emf and emf[0]["FindingsWritten"] == 5, stdout[-2000:]
     assert emf[0]["FindingsWritten"] == 5 and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "guardlake"
     kind, error = runtime.answers["req-2"]
-    assert kind == "error" and "region" in json.dumps(error)
+    assert kind == "error" and "region" in error["errorMessage"], error
+    assert error["errorType"] == "InvalidPayload", "a stable name, not a Rust type name"
     assert all(line.startswith("{") for line in stderr.splitlines() if line.strip()), "logs are JSON lines"
