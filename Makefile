@@ -4,8 +4,9 @@ SHELL := /bin/bash
 
 EMULATOR_PORT ?= 4599
 EMULATOR_URL := http://127.0.0.1:$(EMULATOR_PORT)
-EMULATOR_PID := .emulator.pid
-EMULATOR_LOG := .emulator.log
+# One pid and log file per port: backends on two ports from one checkout start and stop apart.
+EMULATOR_PID := .emulator-$(EMULATOR_PORT).pid
+EMULATOR_LOG := .emulator-$(EMULATOR_PORT).log
 VENV := .venv
 PY := $(VENV)/bin/python
 # checkov pins its own boto3, so it lives in a venv of its own.
@@ -53,8 +54,8 @@ build: ## Build guardlake (debug)
 emulator: $(VENV)/.installed ## Start the local AWS backend on 127.0.0.1:$(EMULATOR_PORT)
 	@EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) PIDFILE=$(EMULATOR_PID) LOG=$(EMULATOR_LOG) tests/emulator/start.sh
 
-emulator-stop: ## Stop the local AWS backend
-	@PIDFILE=$(EMULATOR_PID) tests/emulator/stop.sh
+emulator-stop: ## Stop the local AWS backend on $(EMULATOR_PORT)
+	@EMULATOR_PORT=$(EMULATOR_PORT) PIDFILE=$(EMULATOR_PID) tests/emulator/stop.sh
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --check

@@ -156,11 +156,16 @@ fn put_err(e: crate::sink::store::PutError) -> RunError {
     }
 }
 
-fn open_store(config: &ValidatedConfig, aws: &Aws) -> Store {
+/// The lake's store; `s3` makes the client when the output is a bucket (a local lake needs no
+/// AWS at all).
+async fn open_store<F>(config: &ValidatedConfig, s3: impl FnOnce() -> F) -> Store
+where
+    F: std::future::Future<Output = aws_sdk_s3::Client>,
+{
     match &config.output {
         Output::Local(root) => Store::Local { root: root.clone() },
         Output::S3 { bucket, prefix } => Store::S3 {
-            client: aws.s3(),
+            client: s3().await,
             bucket: bucket.clone(),
             prefix: prefix.clone(),
             sse_kms_key_id: config.sse_kms_key_id.clone(),
@@ -270,7 +275,7 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
     async move {
         let aws = Aws::load(&config, &run_id, options.s3_path_style).await.map_err(RunError::Discovery)?;
         info!(home_account = %aws.home_account, home_region = %aws.home_region, mode = config.mode.as_str(), "Starting run.");
-        let store = Arc::new(open_store(&config, &aws));
+        let store = Arc::new(open_store(&config, || async { aws.s3() }).await);
         // A dry run only reads: no lock, no recovery.
         let lock = if config.dry_run { None } else { Some(lock_and_recover(&store, &run_id, &config).await?) };
         let keep_alive = lock.as_ref().map(|l| l.keep_alive(store.clone()));
@@ -1002,10 +1007,14 @@ pub async fn compact(
     dt: Option<chrono::NaiveDate>,
 ) -> Result<Vec<crate::compact::Merged>, RunError> {
     let run_id = uuid::Uuid::now_v7().to_string();
-    let aws = Aws::load(&config, &run_id, options.s3_path_style)
-        .await
-        .map_err(RunError::Discovery)?;
-    let store = Arc::new(open_store(&config, &aws));
+    // Only the lake is touched: no AWS call at all for a local one, S3 alone for a bucket.
+    let s3 = || async {
+        crate::aws::s3_client(
+            &crate::aws::base_config(&config).await,
+            options.s3_path_style,
+        )
+    };
+    let store = Arc::new(open_store(&config, s3).await);
     let lock = lock_and_recover(&store, &run_id, &config).await?;
     let keep_alive = lock.keep_alive(store.clone());
     let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));

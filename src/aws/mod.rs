@@ -46,8 +46,34 @@ fn session_name(run_id: &str) -> String {
     cleaned.chars().take(64).collect()
 }
 
+/// The base config: the default chain, standard retry with backoff, the home region (else the
+/// SDK's, else us-east-1). Makes no call.
+pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
+    let retry = RetryConfig::standard()
+        .with_max_attempts(config.max_attempts)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(20));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+    if let Some(region) = &config.home_region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let base = loader.load().await;
+    if base.region().is_none() {
+        return base.to_builder().region(Region::new("us-east-1")).build();
+    }
+    base
+}
+
+/// An S3 client of `base` (path-style addressing when asked, as local backends need).
+pub fn s3_client(base: &SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(base)
+        .force_path_style(path_style)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 impl Aws {
-    /// Loads the base config (default chain, standard retry with backoff) and the caller identity.
+    /// Loads the base config and the caller identity.
     pub async fn load(
         config: &ValidatedConfig,
         run_id: &str,
@@ -56,18 +82,7 @@ impl Aws {
         if let Some(external_id) = &config.external_id {
             crate::logs::redact(external_id);
         }
-        let retry = RetryConfig::standard()
-            .with_max_attempts(config.max_attempts)
-            .with_initial_backoff(Duration::from_millis(200))
-            .with_max_backoff(Duration::from_secs(20));
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
-        if let Some(region) = &config.home_region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let mut base = loader.load().await;
-        if base.region().is_none() {
-            base = base.to_builder().region(Region::new("us-east-1")).build();
-        }
+        let base = base_config(config).await;
         let home_region = base
             .region()
             .map(|r| r.to_string())
@@ -123,8 +138,9 @@ impl Aws {
         if let Some(external_id) = &self.external_id {
             builder = builder.external_id(external_id.clone());
         }
-        let provider = builder.build().await;
-        // Fail here, once per account, rather than once per region later.
+        let provider = Reused::new(builder.build().await);
+        // Fail here, once per account, rather than once per region later; the credentials
+        // obtained are the ones every client of the account then uses.
         if let Err(err) = provider.provide_credentials().await {
             return Err(classify_credentials_error(&role_arn, &err));
         }
@@ -151,10 +167,51 @@ impl Aws {
     }
 
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        let conf = aws_sdk_s3::config::Builder::from(&self.base)
-            .force_path_style(self.s3_path_style)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        s3_client(&self.base, self.s3_path_style)
+    }
+}
+
+/// Credentials kept until five minutes before they expire, then asked for again: one
+/// AssumeRole per account per session, however many regional clients (each with its own
+/// identity cache) and the start-up check ask.
+#[derive(Debug)]
+struct Reused<P> {
+    inner: P,
+    current: Mutex<Option<aws_credential_types::Credentials>>,
+}
+
+impl<P: ProvideCredentials> Reused<P> {
+    fn new(inner: P) -> Self {
+        Self {
+            inner,
+            current: Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> aws_credential_types::provider::Result {
+        let mut current = self.current.lock().await;
+        let fresh = |c: &aws_credential_types::Credentials| {
+            c.expiry().is_none_or(|expiry| {
+                expiry > std::time::SystemTime::now() + Duration::from_secs(300)
+            })
+        };
+        if let Some(credentials) = current.as_ref().filter(|c| fresh(c)) {
+            return Ok(credentials.clone());
+        }
+        let credentials = self.inner.provide_credentials().await?;
+        *current = Some(credentials.clone());
+        Ok(credentials)
+    }
+}
+
+impl<P: ProvideCredentials> ProvideCredentials for Reused<P> {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.get())
     }
 }
 

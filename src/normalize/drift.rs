@@ -132,9 +132,14 @@ fn type_matches(expected: &str, value: &Value) -> bool {
     }
 }
 
+/// Members the service fills with free keys although the model gives them a shape:
+/// `service.additionalInfo` holds `value`/`type` in the model, and `sample`, `threatListName`,
+/// `unusual`, … in real findings. Their keys are not drift.
+const OPEN_MAPS: [&str; 1] = ["service.additionalInfo"];
+
 fn walk(root: &Value, node: &Value, value: &Value, path: &str, out: &mut Vec<Drift>) {
     let node = resolve(root, node);
-    if value.is_null() {
+    if value.is_null() || OPEN_MAPS.contains(&path) {
         return; // The API omits members without a value; a null carries no shape.
     }
     if let Some(expected) = node.get("type").and_then(Value::as_str) {
@@ -162,6 +167,7 @@ fn walk(root: &Value, node: &Value, value: &Value, path: &str, out: &mut Vec<Dri
                     (None, Some(schema)) if schema.is_object() => {
                         walk(root, schema, member, &format!("{path}.{{}}"), out)
                     }
+                    (None, _) if member.is_null() => {}
                     (None, _) if properties.is_some() => out.push(Drift {
                         path: child,
                         kind: DriftKind::UnknownPath,
@@ -345,6 +351,17 @@ mod tests {
             .unwrap();
         assert_eq!(extra.example.len(), EXAMPLE_BYTES);
         assert_eq!(drift.len(), 5, "{kinds:?}");
+    }
+
+    #[test]
+    fn free_additional_info_keys_and_null_members_are_not_drift() {
+        let mut finding = example_finding();
+        finding["service"]["additionalInfo"] =
+            serde_json::json!({"sample": true, "threatListName": "x", "unusual": {"a": [1]}});
+        finding["service"]["brandNewButNull"] = Value::Null;
+        assert_eq!(check(&finding), vec![]);
+        finding["service"]["brandNew"] = 1.into();
+        assert_eq!(check(&finding).len(), 1);
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct FindingVersion {
     pub blocked: Option<bool>,
     pub detector_id: Option<String>,
     pub feature_name: Option<String>,
+    pub sequence_signal_count: Option<i32>,
+    pub sequence_first_seen_ms: Option<i64>,
+    pub sequence_last_seen_ms: Option<i64>,
     pub schema_version: Option<String>,
     pub sample: bool,
     pub raw: String,
@@ -171,6 +174,42 @@ fn remote_ip_details(action: &Value) -> Option<&Value> {
     })
 }
 
+/// A timestamp member of the service model's newer shapes (attack-sequence signals): epoch
+/// seconds with a fraction as the API sends them; a value past year 5138 in seconds is taken as
+/// epoch milliseconds, and ISO-8601 text is read too, as exports sometimes carry it.
+fn model_time_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => {
+            let n = n.as_f64()?;
+            let ms = if n.abs() >= 1e11 { n } else { n * 1000.0 };
+            ms.is_finite().then_some(ms.round() as i64)
+        }
+        Value::String(text) => parse_iso_ms(text),
+        _ => None,
+    }
+}
+
+/// Whether a finding is one of GuardDuty's samples. The API puts the flag in
+/// `additionalInfo.value`, a JSON text (`{"value":"{\"sample\":true}","type":"default"}`);
+/// exports and EventBridge events often carry it as a member (`{"sample":true}`), and some
+/// carry `value` as an object. Every form is read.
+fn sample_flag(additional_info: Option<&Value>) -> bool {
+    let Some(info) = additional_info else {
+        return false;
+    };
+    let from = |v: &Value| v.get("sample").and_then(Value::as_bool);
+    from(info)
+        .or_else(|| match info.get("value") {
+            Some(Value::String(text)) => serde_json::from_str::<Value>(text)
+                .ok()
+                .as_ref()
+                .and_then(from),
+            Some(object @ Value::Object(_)) => from(object),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
 /// Normalizes one finding as received. `raw` is the exact JSON text it came in.
 pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed> {
     if !value.is_object() {
@@ -206,10 +245,8 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
         .and_then(|d| d.get(0))
         .unwrap_or(&empty);
 
-    let sample = text(service, &["additionalInfo", "value"])
-        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
-        .and_then(|v| v.get("sample").and_then(Value::as_bool))
-        .unwrap_or(false);
+    let sample = sample_flag(service.get("additionalInfo"));
+    let sequence = path(service, &["detection", "sequence", "signals"]).and_then(Value::as_array);
 
     let s3_bucket_names = resource
         .get("s3BucketDetails")
@@ -275,6 +312,17 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
             .or_else(|| boolean(action, &["dnsRequestAction", "blocked"])),
         detector_id: text(service, &["detectorId"]),
         feature_name: text(service, &["featureName"]),
+        sequence_signal_count: sequence.map(|s| s.len().min(i32::MAX as usize) as i32),
+        sequence_first_seen_ms: sequence.and_then(|s| {
+            s.iter()
+                .filter_map(|signal| signal.get("firstSeenAt").and_then(model_time_ms))
+                .min()
+        }),
+        sequence_last_seen_ms: sequence.and_then(|s| {
+            s.iter()
+                .filter_map(|signal| signal.get("lastSeenAt").and_then(model_time_ms))
+                .max()
+        }),
         schema_version: text(value, &["schemaVersion"]),
         sample,
         id,
@@ -394,6 +442,9 @@ pub fn to_record_batch<R: std::borrow::Borrow<FindingVersion>>(
             "blocked" => bools(&|r| r.blocked),
             "detector_id" => strings(&|r| r.detector_id.as_deref()),
             "feature_name" => strings(&|r| r.feature_name.as_deref()),
+            "sequence_signal_count" => ints(&|r| r.sequence_signal_count),
+            "sequence_first_seen" => times(&|r| r.sequence_first_seen_ms),
+            "sequence_last_seen" => times(&|r| r.sequence_last_seen_ms),
             "schema_version" => strings(&|r| r.schema_version.as_deref()),
             "sample" => bools(&|r| Some(r.sample)),
             "raw" => strings(&|r| Some(&r.raw)),
@@ -450,6 +501,76 @@ mod tests {
         );
         assert_eq!(row.raw, raw, "raw keeps the finding as received");
         assert!(!row.sample);
+    }
+
+    #[test]
+    fn attack_sequences_get_their_signal_count_and_span() {
+        let (value, raw) = fixture("attack_sequence.json");
+        let row = normalize(&value, raw).unwrap();
+        assert_eq!(row.resource_type.as_deref(), Some("AttackSequence"));
+        assert_eq!(row.threat_purpose.as_deref(), Some("AttackSequence"));
+        let signals = value["service"]["detection"]["sequence"]["signals"]
+            .as_array()
+            .unwrap();
+        assert_eq!(row.sequence_signal_count, Some(signals.len() as i32));
+        let seconds = |member: &str| -> Vec<i64> {
+            signals
+                .iter()
+                .map(|s| (s[member].as_f64().unwrap() * 1000.0) as i64)
+                .collect()
+        };
+        assert_eq!(
+            row.sequence_first_seen_ms,
+            seconds("firstSeenAt").into_iter().min()
+        );
+        assert_eq!(
+            row.sequence_last_seen_ms,
+            seconds("lastSeenAt").into_iter().max()
+        );
+        assert!(row.sequence_first_seen_ms < row.sequence_last_seen_ms);
+        // Other findings have none; milliseconds and ISO text are read as well.
+        let (other, _) = fixture("port_probe_instance.json");
+        let plain = normalize(&other, String::new()).unwrap();
+        assert_eq!(
+            (plain.sequence_signal_count, plain.sequence_first_seen_ms),
+            (None, None)
+        );
+        assert_eq!(
+            model_time_ms(&serde_json::json!(1795169280123i64)),
+            Some(1795169280123)
+        );
+        assert_eq!(
+            model_time_ms(&serde_json::json!(1795169280.5)),
+            Some(1795169280500)
+        );
+        assert_eq!(
+            model_time_ms(&serde_json::json!("2026-11-20T10:08:00.000Z")),
+            Some(1795169280000)
+        );
+    }
+
+    #[test]
+    fn the_sample_flag_is_read_in_every_form() {
+        let (mut value, _) = fixture("port_probe_instance.json");
+        let forms = [
+            (
+                serde_json::json!({"value": "{\"sample\":true}", "type": "default"}),
+                true,
+            ),
+            (serde_json::json!({"sample": true}), true),
+            (serde_json::json!({"value": {"sample": true}}), true),
+            (serde_json::json!({"sample": false, "value": "{}"}), false),
+            (
+                serde_json::json!({"value": "not json", "type": "default"}),
+                false,
+            ),
+            (serde_json::json!({"threatListName": "x"}), false),
+        ];
+        for (info, expected) in forms {
+            value["service"]["additionalInfo"] = info.clone();
+            let row = normalize(&value, String::new()).unwrap();
+            assert_eq!(row.sample, expected, "{info}");
+        }
     }
 
     #[test]

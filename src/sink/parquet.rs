@@ -118,14 +118,15 @@ impl LakeRow for EventRow {
 /// Rows per row group at most; smaller groups prune better, larger ones compress better.
 pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// The one set of writer properties: zstd, page-level statistics, `created_by` guardlake; the
+/// The one set of writer properties: zstd, page-level statistics, `created_by` in the form
+/// parquet-mr parses (`guardlake version 0.1.0`); the
 /// columns of whole records and request JSON plain, without statistics, at zstd level 1.
 pub fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_size(MAX_ROW_GROUP_ROWS)
-        .set_created_by(format!("guardlake {}", env!("CARGO_PKG_VERSION")));
+        .set_created_by(format!("guardlake version {}", env!("CARGO_PKG_VERSION")));
     // Text unique to each row: a dictionary would only be built to be dropped.
     for column in ["id", "arn", "event_id"] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
@@ -351,11 +352,12 @@ mod tests {
             let reader =
                 ParquetRecordBatchReaderBuilder::try_new(File::open(&file.path).unwrap()).unwrap();
             let metadata = reader.metadata().clone();
-            assert!(metadata
-                .file_metadata()
-                .created_by()
-                .unwrap()
-                .starts_with("guardlake"));
+            // `<name> version <x.y.z>`: the form parquet-mr parses (it distrusts string
+            // statistics of writers it cannot identify).
+            assert_eq!(
+                metadata.file_metadata().created_by(),
+                Some(format!("guardlake version {}", env!("CARGO_PKG_VERSION")).as_str())
+            );
             for batch in reader.build().unwrap() {
                 let batch = batch.unwrap();
                 let accounts: Vec<String> = batch

@@ -48,6 +48,11 @@ TYPE_SHAPES: dict[str, str] = {
     "PrivilegeEscalation:Runtime/DockerSocketAccessed": "runtime_ecs",
     "Execution:EC2/MaliciousFile": "malware_instance",
     "Execution:Container/MaliciousFile": "malware_container",
+    "AttackSequence:EC2/CompromisedInstanceGroup": "attack_sequence",
+    "AttackSequence:ECS/CompromisedCluster": "attack_sequence",
+    "AttackSequence:EKS/CompromisedCluster": "attack_sequence",
+    "AttackSequence:IAM/CompromisedCredentials": "attack_sequence",
+    "AttackSequence:S3/CompromisedData": "attack_sequence",
 }
 
 # (action type or None, resource type) of each shape.
@@ -63,9 +68,13 @@ SHAPES: dict[str, tuple[str | None, str]] = {
     "runtime_ecs": (None, "ECSCluster"),
     "malware_instance": (None, "Instance"),
     "malware_container": (None, "Container"),
+    # Extended Threat Detection: the signals that make up the sequence are in
+    # service.detection.sequence; the resources it touched in its `resources`.
+    "attack_sequence": (None, "AttackSequence"),
 }
 
 _PREFIX_SHAPES = [
+    ("AttackSequence:", "attack_sequence"),
     ("Kubernetes/", "kubernetes_eks"),
     ("RDS/", "rds_login"),
     ("Lambda/", "network_lambda"),
@@ -387,6 +396,48 @@ def _action(shape: str, n: int) -> dict | None:
     return None
 
 
+def _sequence(account_id: str, region: str, n: int, created: datetime, updated: datetime) -> dict:
+    """An attack sequence of three signals between `created` and `updated` (epoch seconds, as
+    the model's timestamps travel): two findings and a CloudTrail API call."""
+    key = f"AKIA{n:016d}"
+    user = f"arn:aws:iam::{account_id}:user/deploy-{n % 7}"
+    bucket = f"arn:aws:s3:::data-{account_id}-{n % 5}"
+    span = max((updated - created).total_seconds(), 3.0)
+    moments = [created.timestamp() + span * i / 2 for i in range(3)]
+    signals = [
+        {
+            "uid": finding_id("signal", account_id, str(n), str(i)),
+            "type": kind,
+            "name": name,
+            "description": f"{name} by {user}",
+            "createdAt": moment,
+            "updatedAt": moment,
+            "firstSeenAt": moment,
+            "lastSeenAt": moment + 60,
+            "severity": severity,
+            "count": 1 + i,
+            "resourceUids": [bucket],
+            "actorIds": [user],
+            "endpointIds": [f"203.0.113.{n % 250 + 1}"],
+            "signalIndicators": [{"key": "ATTACK_TACTIC", "values": [tactic], "title": tactic.title()}],
+        }
+        for i, (moment, (kind, name, severity, tactic)) in enumerate(zip(moments, [
+            ("FINDING", "Discovery:S3/MaliciousIPCaller", 5.0, "DISCOVERY"),
+            ("CLOUD_TRAIL", "GetBucketPolicy", 0.0, "DISCOVERY"),
+            ("FINDING", "Exfiltration:S3/AnomalousBehavior", 8.0, "EXFILTRATION"),
+        ]))
+    ]  # fmt: skip
+    return {
+        "uid": finding_id("sequence", account_id, region, str(n)),
+        "description": "A sequence of actions by one credential that together suggest data exfiltration.",
+        "actors": [{"id": user, "user": {"name": f"deploy-{n % 7}", "uid": user, "type": "IAMUser", "credentialUid": key, "account": {"uid": account_id}}}],
+        "resources": [{"uid": bucket, "name": f"data-{account_id}-{n % 5}", "accountId": account_id, "resourceType": "S3Bucket", "region": region, "service": "s3", "cloudPartition": "aws"}],
+        "endpoints": [{"id": f"203.0.113.{n % 250 + 1}", "ip": f"203.0.113.{n % 250 + 1}"}],
+        "signals": signals,
+        "sequenceIndicators": [{"key": "ATTACK_TACTIC", "values": ["DISCOVERY", "EXFILTRATION"], "title": "Tactics observed"}],
+    }
+
+
 def _feature(shape: str) -> str | None:
     return {
         "api_s3_bucket": "S3_DATA_EVENTS",
@@ -397,6 +448,7 @@ def _feature(shape: str) -> str | None:
         "malware_instance": "EBS_MALWARE_PROTECTION",
         "malware_container": "EBS_MALWARE_PROTECTION",
         "dns_instance": "DNS_LOGS",
+        "attack_sequence": None,
     }.get(shape, "FLOW_LOGS" if shape != "api_access_key" else "CLOUD_TRAIL")
 
 
@@ -456,6 +508,8 @@ def build_finding(
             },
             "context": {},
         }
+    if shape == "attack_sequence":
+        service["detection"] = {"sequence": _sequence(account_id, region, n, created, updated)}
     if shape.startswith("malware_"):
         service["ebsVolumeScanDetails"] = {
             "scanId": finding_id("scan", str(n)),

@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 port=${EMULATOR_PORT:-4599}
-pidfile=${PIDFILE:-.emulator.pid}
-log=${LOG:-.emulator.log}
+pidfile=${PIDFILE:-.emulator-$port.pid}
+log=${LOG:-.emulator-$port.log}
 py=${PY:-.venv/bin/python}
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "Backend already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"

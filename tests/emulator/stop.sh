@@ -2,7 +2,8 @@
 # Stops the backend started by start.sh and waits until its process is gone.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-pidfile=${PIDFILE:-.emulator.pid}
+port=${EMULATOR_PORT:-4599}
+pidfile=${PIDFILE:-.emulator-$port.pid}
 [ -f "$pidfile" ] || exit 0
 pid=$(cat "$pidfile")
 if kill -0 "$pid" 2>/dev/null; then
@@ -11,4 +12,4 @@ if kill -0 "$pid" 2>/dev/null; then
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
 fi
 rm -f "$pidfile"
-echo "Backend stopped"
+echo "Backend on 127.0.0.1:$port stopped"

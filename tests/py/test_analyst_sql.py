@@ -20,19 +20,26 @@ SQL = Path(__file__).resolve().parents[2] / "infra" / "sql"
 TABLES = ["findings", "runs", "cloudtrail_events", "finding_events"]
 
 
+def to_duckdb(trino_sql: str) -> str:
+    """Athena (Trino) SQL as DuckDB runs it. sqlglot maps Trino's `date_diff` to DuckDB's
+    `date_diff`, which counts unit boundaries crossed (DuckDB: 0.9 s to 1.1 s is 1 second); Trino
+    counts whole units elapsed (0), as DuckDB's `date_sub` does: use that one."""
+    duck = sqlglot.transpile(trino_sql, read="trino", write="duckdb")[0]
+    return duck.replace("DATE_DIFF(", "DATE_SUB(")
+
+
 def connect(lake: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for table in TABLES:
-        con.execute(f"create view {table} as select * from read_parquet('{lake}/{table}/*/*.parquet', hive_partitioning=true)")
-    view = sqlglot.transpile((SQL / "findings_latest.sql").read_text(), read="trino", write="duckdb")[0]
-    con.execute(view)
+        # dt stays a string, as the Glue tables declare it (so dt filters compare strings).
+        con.execute(f"create view {table} as select * from read_parquet('{lake}/{table}/*/*.parquet', hive_partitioning=true, hive_types_autocast=false)")
+    con.execute(to_duckdb((SQL / "findings_latest.sql").read_text()))
     return con
 
 
 def run_query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
-    duck = sqlglot.transpile((SQL / f"{name}.sql").read_text(), read="trino", write="duckdb")[0]
-    cursor = con.execute(duck)
+    cursor = con.execute(to_duckdb((SQL / f"{name}.sql").read_text()))
     columns = [d[0] for d in cursor.description]
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
@@ -91,3 +98,22 @@ def test_views_and_named_queries_answer_on_a_real_lake(tmp_path):
         (probe["id"], "DescribeInstances", "access_key", burst["updatedAt"][:19]),
     ]
     assert con.execute("select count(*) from cloudtrail_events").fetchall() == [(1,)]
+
+
+def test_the_function_mapping_keeps_trino_semantics_and_rates_are_doubles():
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    elapsed = con.execute(to_duckdb("select date_diff('second', timestamp '2026-01-01 00:00:00.900', timestamp '2026-01-01 00:00:01.100')")).fetchall()
+    assert elapsed == [(0,)], "whole seconds elapsed, as Trino counts them"
+    # Two versions 420.2 s apart (421 second boundaries crossed), count 1 -> 2: Trino's rate is
+    # 3600 / 420 per hour, unrounded.
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    con.execute("create table findings (account_id varchar, region varchar, id varchar, type varchar, severity double, updated_at timestamp, count bigint, dt varchar)")
+    con.execute(f"insert into findings values ('1', 'r', 'f', 't', 5, timestamp '{day} 00:00:00.900', 1, '{day}'),"
+                f" ('1', 'r', 'f', 't', 5, timestamp '{day} 00:07:01.100', 2, '{day}'),"
+                f" ('1', 'r', 'old', 't', 5, timestamp '2020-01-01 00:00:00', 1, '2020-01-01'),"
+                f" ('1', 'r', 'old', 't', 5, timestamp '2020-01-01 01:00:00', 9, '2020-01-01')")  # fmt: skip
+    [spike] = run_query(con, "finding_count_spikes")
+    assert spike["id"] == "f", "versions outside the recent partitions are not read"
+    assert spike["count_growth_per_hour"] == 3600 / 420
+    assert "3600e0" in (SQL / "finding_count_spikes.sql").read_text(), "a double literal: 3600.0 is a DECIMAL in Trino"

@@ -182,7 +182,36 @@ def test_malformed_and_unknown_findings_are_kept_and_counted(tmp_path):
     [quarantine_file] = list((lake / "_quarantine").rglob("*.jsonl"))
     entry = json.loads(quarantine_file.read_text())
     assert entry["finding_id"] == "e" * 32 and "severity" in entry["reason"]
-    assert json.loads(entry["raw"])["severity"] == "very high"
+    assert entry["raw"] == json.dumps(broken), "the text exactly as GetFindings sent it, member order kept"
+
+
+def test_the_services_own_samples_make_no_drift_and_attack_sequences_get_typed_columns(tmp_path):
+    from emulator import shapes
+
+    [account] = create_org(["samples"])
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)
+    samples = [shapes.build_finding(t, account, "us-east-1", "0" * 32, n, created_at=base, sample=True)
+               for n, t in enumerate(shapes.TYPE_SHAPES)]  # fmt: skip
+    # As exports and EventBridge events carry samples: the flag as a member, free keys beside it,
+    # and members the API would omit sent as null.
+    exported = copy.deepcopy(samples[0])
+    exported["id"] = "a" * 32
+    exported["service"]["additionalInfo"] = {"sample": True, "threatListName": "ProofPoint", "unusual": {"hoursOfDay": [1, 2]}}
+    exported["service"]["resourceRole"] = None
+    exported["resource"]["someFutureMember"] = None
+    seed_findings(account, "us-east-1", samples + [exported])
+    lake = tmp_path / "lake"
+    done = guardlake("run", "--output", str(lake), "--regions", "us-east-1", "--accounts", account)
+    assert done.returncode == 0, done.stderr[-2000:]
+    total = len(samples) + 1
+    assert query(lake, "findings", "select count(*), count(*) filter (where sample) from findings") == [(total, total)]
+    assert not (lake / "schema_drift").exists(), query(lake, "schema_drift", "select finding_type, path, kind from schema_drift")
+    sequences = query(lake, "findings", "select type, resource_type, sequence_signal_count, sequence_first_seen < sequence_last_seen, raw from findings where type like 'AttackSequence:%' order by type")
+    assert len(sequences) == 5, sequences
+    for finding_type, resource_type, signals, ordered, raw in sequences:
+        expected = json.loads(raw)["service"]["detection"]["sequence"]["signals"]
+        assert (resource_type, signals, ordered) == ("AttackSequence", len(expected), True), finding_type
+    assert query(lake, "findings", "select count(*) from findings where sequence_signal_count is not null") == [(5,)]
 
 
 @pytest.mark.parametrize(
@@ -283,3 +312,33 @@ def test_throttled_target_is_classified_and_the_others_complete(tmp_path):
     stats = control("GET", "/moto-api/ext/stats")
     attempts = sum(r["count"] for r in stats["requests"] if r["operation"] == "ListFindings" and r["account_id"] == loud)
     assert attempts == 2, "the SDK retried up to --max-attempts"
+
+
+def test_each_member_role_is_assumed_once_per_run(tmp_path):
+    from conftest import control
+
+    accounts = create_org(["once-a", "once-b", "once-c"])
+    regions = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+    base = datetime.now(timezone.utc) - timedelta(hours=5)
+    for account in accounts:
+        for region in regions:
+            seed_findings(account, region, findings_for(account, region, 2, base))
+    before = sum(r["count"] for r in control("GET", "/moto-api/ext/stats")["requests"] if r["operation"] == "AssumeRole")
+    done = guardlake("run", "--output", str(tmp_path / "lake"), "--regions", ",".join(regions), "--accounts", ",".join(accounts),
+                     "--cloudtrail", "lookup", "--watchlist", "StopLogging")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = sum(r["count"] for r in control("GET", "/moto-api/ext/stats")["requests"] if r["operation"] == "AssumeRole")
+    assert after - before == len(accounts), "one AssumeRole per account, shared by its regions, GuardDuty and CloudTrail"
+
+
+def test_compact_on_a_local_lake_makes_no_aws_call(tmp_path):
+    [account] = create_org(["compact"])
+    seed_findings(account, "us-east-1", findings_for(account, "us-east-1", 3, datetime.now(timezone.utc) - timedelta(days=5)))
+    lake = tmp_path / "lake"
+    guardlake("run", "--output", str(lake), "--regions", "us-east-1", "--accounts", account)
+    guardlake("run", "--output", str(lake), "--regions", "us-east-1", "--accounts", account)
+    # Nothing answers at this endpoint: any AWS call (STS included) would fail the command.
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    done = subprocess.run([str(BINARY), "compact", "--output", str(lake)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert query(lake, "findings", "select count(*) from findings") == [(3,)]

@@ -53,7 +53,7 @@ def test_cloudtrail_fixtures_cover_every_identity_type():
 def test_sample_findings_page_by_updated_at_and_match_the_model():
     gd = client("guardduty")
     detector = gd.create_detector(Enable=True)["DetectorId"]
-    types = list(shapes.TYPE_SHAPES) * 4  # 120 samples: three pages of 50
+    types = (list(shapes.TYPE_SHAPES) * 4)[:120]  # 120 samples, every type: three pages of 50
     before_ms = int(time.time() * 1000) - 1000
     for start in range(0, len(types), 30):
         gd.create_sample_findings(DetectorId=detector, FindingTypes=types[start : start + 30])
@@ -83,6 +83,9 @@ def test_sample_findings_page_by_updated_at_and_match_the_model():
     assert (probe["service"]["action"]["actionType"], probe["resource"]["resourceType"]) == ("PORT_PROBE", "Instance")
     rds = by_type["CredentialAccess:RDS/AnomalousBehavior.SuccessfulLogin"]
     assert (rds["service"]["action"]["actionType"], rds["resource"]["resourceType"]) == ("RDS_LOGIN_ATTEMPT", "RDSDBInstance")
+    sequence = by_type["AttackSequence:S3/CompromisedData"]
+    assert sequence["resource"]["resourceType"] == "AttackSequence" and "action" not in sequence["service"]
+    assert len(sequence["service"]["detection"]["sequence"]["signals"]) == 3
 
 
 def signed_post(service: str, region: str, path: str, body: dict) -> tuple[int, dict]:
@@ -306,3 +309,38 @@ def test_faults_inject_throttling_errors_latency_and_resets():
         gd.list_detectors()
     control("DELETE", "/moto-api/ext/faults")
     assert gd.list_detectors()["DetectorIds"] == []
+
+
+def test_backends_on_two_ports_start_serve_and_stop_independently():
+    import subprocess
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def make(target: str, port: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", target, f"EMULATOR_PORT={port}"], cwd=root, capture_output=True, text=True, timeout=120)
+
+    def answers(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/ext/stats", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    first, second = 4611, 4612
+    try:
+        for port in (first, second):
+            started = make("emulator", port)
+            assert started.returncode == 0 and f"ready on 127.0.0.1:{port}" in started.stdout, started.stdout + started.stderr
+            assert (root / f".emulator-{port}.pid").exists()
+        assert answers(first) and answers(second)
+        stopped = make("emulator-stop", first)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not answers(first) and answers(second), "stopping one leaves the other serving"
+        again = make("emulator", first)
+        assert "already running" not in again.stdout and answers(first), again.stdout
+    finally:
+        for port in (first, second):
+            make("emulator-stop", port)
+    assert not answers(first) and not answers(second)

@@ -130,7 +130,7 @@ def views() -> str:
         name = path.stem
         select, table, columns = view_definition(name, sql)
         presto = {"originalSql": select, "catalog": "awsdatacatalog", "schema": "${GlueDatabase}",
-                  "columns": [{"name": c, "type": trino_type(t)} for c, t in columns], "owner": "guardlake", "runAsInvoker": False}
+                  "columns": [{"name": c, "type": trino_type(t)} for c, t in columns], "runAsInvoker": False}
         out += [
             f"  {logical(name)}View:",
             "    Type: AWS::Glue::Table",
