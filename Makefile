@@ -118,7 +118,8 @@ deploy: deploy-preflight package ## Package, upload and deploy the hub stack (ne
 	aws s3 cp $(DIST)/bootstrap.zip s3://$(CODE_BUCKET)/$(CODE_KEY)
 	aws cloudformation deploy --stack-name $(STACK) --template-file infra/hub.yaml \
 	  --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
-	  --parameter-overrides CodeBucket=$(CODE_BUCKET) CodeKey=$(CODE_KEY) ExternalId=$(EXTERNAL_ID) $(PARAMS)
+	  --parameter-overrides CodeBucket=$(CODE_BUCKET) CodeKey=$(CODE_KEY) ExternalId=$(EXTERNAL_ID) \
+	    OrganizationId=$${ORG_ID:-$$(aws organizations describe-organization --query Organization.Id --output text)} $(PARAMS)
 	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
 deploy-members: ## Deploy infra/member-role.yaml to OUs as a service-managed StackSet (management-account credentials)

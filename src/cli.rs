@@ -202,8 +202,16 @@ pub struct RunArgs {
     #[arg(long, env = "GUARDLAKE_ROLE_ARN_TEMPLATE", value_name = "ARN")]
     pub role_arn_template: Option<String>,
     /// External id required by the member role's trust policy.
-    #[arg(long, env = "GUARDLAKE_EXTERNAL_ID")]
+    #[arg(
+        long,
+        env = "GUARDLAKE_EXTERNAL_ID",
+        conflicts_with = "external_id_secret"
+    )]
     pub external_id: Option<String>,
+    /// Secrets Manager secret (ARN or name) holding the external id, read once at start: keeps
+    /// it out of the environment (the deployed stack uses this).
+    #[arg(long, env = "GUARDLAKE_EXTERNAL_ID_SECRET", value_name = "ARN")]
+    pub external_id_secret: Option<String>,
     /// member: a role per account; delegated-admin: one chain per region in the admin account [default: member].
     #[arg(long, env = "GUARDLAKE_MODE", value_enum)]
     pub mode: Option<Mode>,
@@ -294,6 +302,8 @@ impl RunArgs {
             role_name: self.role_name.clone(),
             role_arn_template: self.role_arn_template.clone(),
             external_id: self.external_id.clone(),
+            external_id_secret: self.external_id_secret.clone(),
+            only_accounts: None,
             mode: self.mode,
             admin_account: self.admin_account.clone(),
             lookback_days: self.lookback_days,

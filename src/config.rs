@@ -65,6 +65,13 @@ pub struct Config {
     pub role_arn_template: Option<String>,
     /// External id the member role's trust policy requires.
     pub external_id: Option<String>,
+    /// Secrets Manager secret (ARN or name) holding the external id, read once at start: keeps
+    /// the id out of the function's environment.
+    pub external_id_secret: Option<String>,
+    /// Only these accounts of the ones the configuration covers (a Lambda payload's narrowing);
+    /// not a file or command-line option.
+    #[serde(skip)]
+    pub only_accounts: Option<Vec<String>>,
     /// `member` (default) or `delegated-admin`.
     pub mode: Option<Mode>,
     /// The GuardDuty delegated administrator account (delegated-admin mode). Default: the caller's.
@@ -153,6 +160,8 @@ pub struct ValidatedConfig {
     pub exclude_ous: Vec<String>,
     pub role: RoleSpec,
     pub external_id: Option<String>,
+    pub external_id_secret: Option<String>,
+    pub only_accounts: Option<Vec<String>>,
     pub mode: Mode,
     pub admin_account: Option<String>,
     pub lookback_secs: i64,
@@ -241,6 +250,8 @@ impl Config {
             role_name,
             role_arn_template,
             external_id,
+            external_id_secret,
+            only_accounts,
             mode,
             admin_account,
             lookback_days,
@@ -399,6 +410,34 @@ impl Config {
                 RoleSpec::Name(name)
             }
         };
+        if let Some(secret) = &self.external_id_secret {
+            if self.external_id.is_some() {
+                return Err(invalid(
+                    "external_id_secret",
+                    "--external-id-secret",
+                    "both an external id and a secret holding it are set",
+                    "set only one of them (the secret keeps the id out of the environment)",
+                ));
+            }
+            if !is_secret_id(secret) {
+                return Err(invalid(
+                    "external_id_secret",
+                    "--external-id-secret",
+                    format!("{secret:?} is not a Secrets Manager secret ARN or name"),
+                    "use arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX or the secret's name",
+                ));
+            }
+        }
+        if let Some(only) = &self.only_accounts {
+            if let Some(bad) = only.iter().find(|a| !is_account_id(a)) {
+                return Err(invalid(
+                    "accounts",
+                    "payload accounts",
+                    format!("{bad:?} is not a 12-digit account id"),
+                    "name accounts by their 12-digit ids",
+                ));
+            }
+        }
         if let Some(external_id) = &self.external_id {
             if !(2..=1224).contains(&external_id.len()) {
                 return Err(invalid(
@@ -564,6 +603,8 @@ impl Config {
             exclude_ous: self.exclude_ous.unwrap_or_default(),
             role,
             external_id: self.external_id,
+            external_id_secret: self.external_id_secret,
+            only_accounts: self.only_accounts.map(dedup),
             mode,
             admin_account: self.admin_account,
             lookback_secs: i64::from(lookback_days) * 86_400,
@@ -614,6 +655,27 @@ pub fn is_key_prefix(prefix: &str) -> bool {
                 .split('/')
                 .all(|part| !part.is_empty() && part != "." && part != "..")
             && !prefix.chars().any(char::is_control)
+}
+
+/// A Secrets Manager secret ARN, or a secret name (1-512 of `[A-Za-z0-9/_+=.@-]`).
+pub fn is_secret_id(id: &str) -> bool {
+    let name_ok = |name: &str| {
+        (1..=512).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+    };
+    match id.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(6, ':').collect();
+            parts.len() == 6
+                && parts[1] == "secretsmanager"
+                && parts[4] == "secret"
+                && parts[3].len() == 12
+                && name_ok(parts[5])
+        }
+        None => name_ok(id),
+    }
 }
 
 /// An IAM role name (`[\w+=,.@-]{1,64}`); a role with a path takes a role ARN template.
@@ -682,6 +744,7 @@ pub fn is_region(name: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// A 12-digit AWS account id.
 pub fn is_account_id(id: &str) -> bool {
     id.len() == 12 && id.chars().all(|c| c.is_ascii_digit())
 }

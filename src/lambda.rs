@@ -44,9 +44,39 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 impl Payload {
     /// The configuration of this invocation: the function's, with the payload's overrides.
+    /// A payload only narrows: its accounts and regions must be among the configured ones (an
+    /// organization-wide configuration checks the accounts once they are discovered).
     pub fn apply(&self, base: Config) -> Result<(ValidatedConfig, Option<Backfill>), String> {
+        let outside = |named: &Option<Vec<String>>, configured: &Option<Vec<String>>| {
+            let (Some(named), Some(configured)) = (named, configured) else {
+                return Vec::new();
+            };
+            if configured.iter().any(|c| c == "enabled") {
+                return Vec::new();
+            }
+            named
+                .iter()
+                .filter(|n| !configured.contains(n))
+                .cloned()
+                .collect::<Vec<String>>()
+        };
+        let accounts = outside(&self.accounts, &base.accounts);
+        if !accounts.is_empty() {
+            return Err(format!(
+                "accounts {} are not among the configured accounts; a payload may only narrow them",
+                accounts.join(", ")
+            ));
+        }
+        let regions = outside(&self.regions, &base.regions);
+        if !regions.is_empty() {
+            return Err(format!(
+                "regions {} are not among the configured regions; a payload may only narrow them",
+                regions.join(", ")
+            ));
+        }
         let overrides = Config {
-            accounts: self.accounts.clone(),
+            accounts: self.accounts.clone().filter(|_| base.accounts.is_some()),
+            only_accounts: self.accounts.clone().filter(|_| base.accounts.is_none()),
             regions: self.regions.clone(),
             ..Config::default()
         };
@@ -193,6 +223,39 @@ mod tests {
         assert!(
             serde_json::from_str::<Payload>(r#"{"region":"x"}"#).is_err(),
             "unknown members are refused"
+        );
+    }
+
+    #[test]
+    fn a_payload_only_narrows_the_configuration() {
+        let base = Config {
+            accounts: Some(vec!["111111111111".into(), "222222222222".into()]),
+            regions: Some(vec!["eu-west-1".into(), "us-east-1".into()]),
+            ..Config::default()
+        };
+        let payload = |json: &str| serde_json::from_str::<Payload>(json).unwrap();
+        let (narrowed, _) = payload(r#"{"accounts":["222222222222"],"regions":["us-east-1"]}"#)
+            .apply(base.clone())
+            .unwrap();
+        assert_eq!(narrowed.accounts, Some(vec!["222222222222".to_owned()]));
+        let more = payload(r#"{"accounts":["333333333333"]}"#)
+            .apply(base.clone())
+            .unwrap_err();
+        assert!(
+            more.contains("333333333333") && more.contains("narrow"),
+            "{more}"
+        );
+        let region = payload(r#"{"regions":["ap-south-1"]}"#)
+            .apply(base)
+            .unwrap_err();
+        assert!(region.contains("ap-south-1"), "{region}");
+        // Organization-wide: the payload's accounts filter what discovery finds.
+        let (org, _) = payload(r#"{"accounts":["333333333333"]}"#)
+            .apply(Config::default())
+            .unwrap();
+        assert_eq!(
+            (org.accounts, org.only_accounts),
+            (None, Some(vec!["333333333333".to_owned()]))
         );
     }
 

@@ -174,6 +174,33 @@ where
     }
 }
 
+/// An invocation's accounts: a subset of those the configuration covers (the organization's,
+/// after its filters), never one more; an account it names that is not there is refused.
+fn narrow_accounts(accounts: &mut discover::Accounts, only: &[String]) -> Result<(), RunError> {
+    let known = |id: &String| {
+        accounts.active.contains(id) || accounts.skipped.iter().any(|s| &s.account_id == id)
+    };
+    let unknown: Vec<&str> = only
+        .iter()
+        .filter(|id| !known(id))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(RunError::Config(crate::config::ConfigError::Invalid {
+            key: "accounts",
+            flag: "payload accounts",
+            problem: format!(
+                "{} not among the accounts the configuration covers",
+                unknown.join(", ")
+            ),
+            fix: "an invocation may only narrow the configured accounts".into(),
+        }));
+    }
+    accounts.active.retain(|id| only.contains(id));
+    accounts.skipped.retain(|s| only.contains(&s.account_id));
+    Ok(())
+}
+
 /// What every stage of one run shares.
 struct RunContext<'a> {
     config: &'a ValidatedConfig,
@@ -306,9 +333,12 @@ async fn run_locked(ctx: &RunContext<'_>) -> Result<RunResult, RunError> {
         run_start_ms,
         ..
     } = *ctx;
-    let accounts = discover::accounts(aws, config)
+    let mut accounts = discover::accounts(aws, config)
         .await
         .map_err(RunError::Discovery)?;
+    if let Some(only) = &config.only_accounts {
+        narrow_accounts(&mut accounts, only)?;
+    }
     info!(
         active = accounts.active.len(),
         skipped = accounts.skipped.len(),
@@ -1248,7 +1278,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     Some(members) => members.contains(account_id),
                     None => account_id == chain.account_id,
                 };
-                let mismatch = if !covered && is_account_id(account_id) && collector.known_accounts.contains(account_id) {
+                let mismatch = if !covered && crate::config::is_account_id(account_id) && collector.known_accounts.contains(account_id) {
                     passed_over += 1;
                     continue;
                 } else if !covered {
@@ -1350,11 +1380,6 @@ struct Bad<'a> {
     raw_bytes: usize,
 }
 
-/// A 12-digit AWS account id.
-fn is_account_id(id: &str) -> bool {
-    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())
-}
-
 fn quarantine(collector: &Collector, chain: &Chain, bad: Bad<'_>) -> Result<(), TargetFailure> {
     collector
         .quarantine
@@ -1375,4 +1400,32 @@ fn quarantine(collector: &Collector, chain: &Chain, bad: Bad<'_>) -> Result<(), 
                 format!("writing the quarantine failed: {e}"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invocation_narrows_the_discovered_accounts_and_never_adds_one() {
+        let discovered = || discover::Accounts {
+            active: vec!["111111111111".into(), "222222222222".into()],
+            skipped: vec![Skipped {
+                account_id: "333333333333".into(),
+                reason: "account state is SUSPENDED".into(),
+            }],
+        };
+        let mut accounts = discovered();
+        narrow_accounts(
+            &mut accounts,
+            &["222222222222".into(), "333333333333".into()],
+        )
+        .unwrap();
+        assert_eq!(accounts.active, ["222222222222"]);
+        assert_eq!(accounts.skipped.len(), 1, "a skipped account stays skipped");
+        let mut accounts = discovered();
+        let err = narrow_accounts(&mut accounts, &["999999999999".into()]).unwrap_err();
+        assert!(matches!(err, RunError::Config(_)));
+        assert!(err.to_string().contains("999999999999"), "{err}");
+    }
 }

@@ -31,6 +31,10 @@ pub struct Aws {
     pub partition: String,
     role: RoleSpec,
     external_id: Option<String>,
+    /// Delegated-admin mode reads the home account with the job's own credentials; member mode
+    /// assumes the member role everywhere, the home account included, so the job's role needs
+    /// no GuardDuty or CloudTrail read of its own.
+    own_credentials_for_home: bool,
     session_name: String,
     s3_path_style: bool,
     /// Per account: its credentials (cached and refreshed by the provider) or why not.
@@ -64,6 +68,35 @@ pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
     base
 }
 
+/// The external id from a Secrets Manager secret (its SecretString), read once per process:
+/// a warm Lambda reuses it. Registered for redaction before it is returned.
+async fn external_id_from(base: &SdkConfig, secret: &str) -> Result<String, TargetFailure> {
+    static CACHE: Mutex<Option<(String, String)>> = Mutex::const_new(None);
+    let mut cache = CACHE.lock().await;
+    if let Some((id, value)) = cache.as_ref() {
+        if id == secret {
+            return Ok(value.clone());
+        }
+    }
+    let answer = aws_sdk_secretsmanager::Client::new(base)
+        .get_secret_value()
+        .secret_id(secret)
+        .send()
+        .await
+        .map_err(|e| classify("secretsmanager:GetSecretValue", &e))?;
+    let value = answer.secret_string().unwrap_or_default().trim().to_owned();
+    crate::logs::redact(&value);
+    if !(2..=1224).contains(&value.len()) {
+        return Err(TargetFailure::new(
+            TargetStatus::Error,
+            "BadExternalIdSecret",
+            format!("secret {secret} does not hold an external id (a SecretString of 2-1224 characters)"),
+        ));
+    }
+    *cache = Some((secret.to_owned(), value.clone()));
+    Ok(value)
+}
+
 /// An S3 client of `base` (path-style addressing when asked, as local backends need).
 pub fn s3_client(base: &SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::from(base)
@@ -83,6 +116,10 @@ impl Aws {
             crate::logs::redact(external_id);
         }
         let base = base_config(config).await;
+        let external_id = match &config.external_id_secret {
+            Some(secret) => Some(external_id_from(&base, secret).await?),
+            None => config.external_id.clone(),
+        };
         let home_region = base
             .region()
             .map(|r| r.to_string())
@@ -104,7 +141,8 @@ impl Aws {
             home_region,
             partition,
             role: config.role.clone(),
-            external_id: config.external_id.clone(),
+            external_id,
+            own_credentials_for_home: config.mode == crate::config::Mode::DelegatedAdmin,
             session_name: session_name(run_id),
             s3_path_style,
             accounts: Mutex::new(HashMap::new()),
@@ -119,7 +157,7 @@ impl Aws {
     /// member role assumed once (regional STS endpoint of the home region) and shared by all
     /// regions of the account. The provider caches and refreshes before expiry.
     pub async fn account_config(&self, account_id: &str) -> Result<SdkConfig, TargetFailure> {
-        if account_id == self.home_account {
+        if account_id == self.home_account && self.own_credentials_for_home {
             return Ok(self.base.clone());
         }
         let cell = {

@@ -237,4 +237,23 @@ def test_the_external_id_never_reaches_the_logs(tmp_path):
     assert "AssumeRole" in done.stderr, "trace logs show the STS call"
     encoded = "Sup3r-Secret%2FExternal%2BId%3D42"
     assert secret not in done.stderr and encoded not in done.stderr and secret not in done.stdout
-    assert "***" in done.stderr
+    assert 'external_id: Some(\\"***\\")' in done.stderr, "the SDK's trace shows the input, the id hidden"
+
+
+def test_the_external_id_is_read_from_a_secret_and_never_logged(tmp_path):
+    [account] = create_org(["vault"])
+    seed_findings(account, REGION, findings_for(account, REGION, 2, datetime.now(timezone.utc) - timedelta(days=1)))
+    secret = "From-The-Vault/42+x"
+    arn = client("secretsmanager").create_secret(Name="guardlake/external-id", SecretString=secret)["ARN"]
+    env = {**os.environ, "GUARDLAKE_LOG": "trace", "GUARDLAKE_EXTERNAL_ID_SECRET": arn}
+    done = subprocess.run([str(BINARY), *args(tmp_path / "lake", [account])], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "GetSecretValue" in done.stderr and "AssumeRole" in done.stderr
+    assert secret not in done.stderr and "From-The-Vault%2F42%2Bx" not in done.stderr and secret not in done.stdout
+    assert 'external_id: Some(\\"***\\")' in done.stderr, "the id from the secret was given to STS, and hidden"
+
+    missing = subprocess.run([str(BINARY), *args(tmp_path / "lake", [account]), "--external-id-secret", arn + "-gone"],
+                             capture_output=True, text=True, env={**os.environ}, timeout=300)  # fmt: skip
+    assert missing.returncode == 4 and "secretsmanager:GetSecretValue" in missing.stderr, missing.stderr[-2000:]
+    both = guardlake(*args(tmp_path / "lake", [account]), "--external-id", "abc", "--external-id-secret", arn, check_codes=None)
+    assert both.returncode == 2 and "external-id" in both.stderr

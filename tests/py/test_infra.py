@@ -107,11 +107,16 @@ def test_member_role_only_reads_and_trusts_only_the_hub_role_with_the_external_i
 # A value for each reference a policy makes, so the policies are checked as IAM will see them.
 SAMPLE = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "111122223333",
           "HubAccountId": "111122223333", "KmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-          "OrgTrailBucket": "org-trail-bucket", "ExternalId": "example-external-id"}
+          "OrgTrailBucket": "org-trail-bucket", "ExternalId": "example-external-id", "OrganizationId": "o-a1b2c3d4e5",
+          "OrgTrailPrefix": "trail", "OrgTrailKmsKeyArn": "arn:aws:kms:us-east-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ff",
+          "ReaderPrincipalArns": ["arn:aws:iam::111122223333:role/analyst", "arn:aws:iam::111122223333:role/athena-bi"]}
 ARNS = {"AWS::S3::Bucket": "arn:aws:s3:::{name}", "AWS::Logs::LogGroup": "arn:aws:logs:us-east-1:111122223333:log-group:/guardlake/{name}:*",
         "AWS::Lambda::Function": "arn:aws:lambda:us-east-1:111122223333:function:{name}", "AWS::IAM::Role": "arn:aws:iam::111122223333:role/{name}",
         "AWS::ECS::Cluster": "arn:aws:ecs:us-east-1:111122223333:cluster/{name}",
-        "AWS::ECS::TaskDefinition": "arn:aws:ecs:us-east-1:111122223333:task-definition/{name}:1"}
+        "AWS::ECS::TaskDefinition": "arn:aws:ecs:us-east-1:111122223333:task-definition/{name}:1",
+        "AWS::SecretsManager::Secret": "arn:aws:secretsmanager:us-east-1:111122223333:secret:guardlake/{name}-AbCdEf"}
+# Resources whose Ref is their ARN.
+REF_IS_ARN = ("AWS::ECS::TaskDefinition", "AWS::SecretsManager::Secret")
 
 
 def resolve(node, doc: dict):
@@ -125,7 +130,7 @@ def resolve(node, doc: dict):
         if name in parameters:
             return str(parameters[name].get("Default") or f"example-{name.lower()}")
         kind = resources[name]["Type"]
-        return ARNS[kind].format(name=name.lower()) if kind.startswith("AWS::ECS::TaskDefinition") else name.lower()
+        return ARNS[kind].format(name=name.lower()) if kind in REF_IS_ARN else name.lower()
 
     def arn(name: str) -> str:
         return ARNS[resources[name]["Type"]].format(name=name.lower())
@@ -141,6 +146,14 @@ def resolve(node, doc: dict):
         return arn(target.split(".")[0])
     if set(node) == {"If"}:
         return resolve(node["If"][1], doc)
+    if set(node) == {"Join"}:
+        separator, items = node["Join"]
+        resolved = resolve(items, doc)
+        flat = [x for item in resolved for x in (item if isinstance(item, list) else [item])]
+        return separator.join(flat)
+    if set(node) == {"Split"}:
+        separator, text = node["Split"]
+        return resolve(text, doc).split(separator)
     if set(node) == {"Sub"}:
         return re.sub(r"\$\{([^}]+)\}", lambda m: arn(m[1][:-4]) if m[1].endswith(".Arn") else ref(m[1]), node["Sub"])
     return {k: r for k, r in ((k, resolve(v, doc)) for k, v in node.items()) if r is not None}
@@ -177,7 +190,7 @@ def test_parliament_reports_nothing_on_the_iam_policies():
     from parliament import analyze_policy_string
 
     checked = list(policies())
-    assert len(checked) == 12, [where for where, _ in checked]
+    assert len(checked) == 14, [where for where, _ in checked]
     for where, policy in checked:
         text = json.dumps(policy)
         assert "${" not in text and "{'" not in text, (where, text)
@@ -218,3 +231,107 @@ def test_checkov_passes_and_every_skip_is_explained_next_to_its_resource():
             for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
                 assert re.match(r"^CKV_AWS_\d+$", skip["id"]) and len(skip.get("comment", "")) > 20, (logical, skip)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+# The deployment's security conditions, each read from the generated template.
+
+
+def hub() -> dict:
+    return template("hub.yaml")
+
+
+def statements(policy_holder: dict) -> list[dict]:
+    return policy_holder["PolicyDocument"]["Statement"]
+
+
+def job_policies() -> dict[str, tuple[str | None, dict]]:
+    """The job role's inline policies by name, with the condition each depends on."""
+    out = {}
+    for item in hub()["Resources"]["JobRole"]["Properties"]["Policies"]:
+        condition, policy = (item["If"][0], item["If"][1]) if "If" in item else (None, item)
+        out[policy["PolicyName"]] = (condition, policy)
+    return out
+
+
+def test_member_roles_are_assumed_only_inside_the_organization():
+    _, job = job_policies()["guardlake-job"]
+    [assume] = [s for s in statements(job) if s["Action"] == "sts:AssumeRole"]
+    assert assume["Condition"] == {"StringEquals": {"aws:ResourceOrgID": {"Ref": "OrganizationId"}}}
+    assert hub()["Parameters"]["OrganizationId"]["AllowedPattern"].startswith("^o-")
+
+
+def test_service_trust_policies_name_the_source_account():
+    resources = hub()["Resources"]
+    for name in ("JobRole", "ScheduleRole", "TaskExecutionRole", "TaskScheduleRole"):
+        for statement in resources[name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            assert "Service" in statement["Principal"], name
+            condition = statement["Condition"]
+            assert condition["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}, (name, statement)
+            if statement["Principal"]["Service"] != "lambda.amazonaws.com":
+                assert "AWS::AccountId" in condition["ArnLike"]["aws:SourceArn"]["Sub"], (name, statement)
+
+
+def test_the_external_id_lives_in_a_secret_only_the_job_reads():
+    resources = hub()["Resources"]
+    environment = json.dumps(resources["JobFunction"]["Properties"]["Environment"]) + json.dumps(
+        resources["TaskDefinition"]["Properties"]["ContainerDefinitions"])
+    assert '"ExternalId"' not in environment and "GUARDLAKE_EXTERNAL_ID\"" not in environment
+    assert resources["JobFunction"]["Properties"]["Environment"]["Variables"]["GUARDLAKE_EXTERNAL_ID_SECRET"] == {"Ref": "ExternalIdSecret"}
+    assert resources["ExternalIdSecret"]["Properties"]["SecretString"] == {"Ref": "ExternalId"}
+    _, job = job_policies()["guardlake-job"]
+    [read] = [s for s in statements(job) if "secretsmanager" in json.dumps(s["Action"])]
+    assert (read["Action"], read["Resource"]) == ("secretsmanager:GetSecretValue", {"Ref": "ExternalIdSecret"})
+
+
+def test_only_the_job_writes_and_only_named_readers_read_the_lake():
+    policy = hub()["Resources"]["LakeBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in policy if "Sid" in s}
+    writes = by_sid["OnlyTheJobWritesTheLake"]
+    assert writes["Effect"] == "Deny" and "s3:PutObject" in writes["Action"]
+    assert writes["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"GetAtt": "JobRole.Arn"}}}
+    reads = by_sid["OnlyTheJobAndReadersReadTheLake"]
+    assert reads["Effect"] == "Deny" and "s3:GetObject" in reads["Action"] and reads["Principal"] == "*"
+    allowed = json.dumps(reads["Condition"]["ArnNotEquals"]["aws:PrincipalArn"])
+    assert "JobRole.Arn" in allowed and "ReaderPrincipalArns" in allowed
+    [kms] = [s["If"] for s in policy if "If" in s]
+    assert kms[0] == "UseKms" and kms[1]["Effect"] == "Deny"
+    assert kms[1]["Condition"] == {"ArnNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": {"Ref": "KmsKeyArn"}}}
+    # As IAM sees it, with sample values: a principal that is neither the job nor a reader is denied.
+    resolved = resolve(reads, hub())
+    assert sorted(resolved["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == sorted(
+        ["arn:aws:iam::111122223333:role/jobrole", *SAMPLE["ReaderPrincipalArns"]])
+
+
+def test_reads_are_scoped_to_what_each_mode_needs():
+    policies = job_policies()
+    _, job = policies["guardlake-job"]
+    assert not [s for s in statements(job) if "guardduty:" in json.dumps(s) or "cloudtrail:" in json.dumps(s)], "member mode reads through the member roles"
+    condition, admin = policies["guardlake-delegated-admin"]
+    assert condition == "DelegatedAdmin" and "guardduty:GetFindings" in json.dumps(admin)
+    condition, trail = policies["guardlake-org-trail"]
+    assert condition == "ReadsOrgTrail"
+    for statement in statements(trail):
+        scoped = json.dumps(statement.get("Condition", statement["Resource"]))
+        assert "AWSLogs/${OrganizationId}/*" in scoped, statement
+    condition, trail_kms = policies["guardlake-org-trail-kms"]
+    [decrypt] = statements(trail_kms)
+    assert condition == "TrailUsesKms" and decrypt["Action"] == "kms:Decrypt" and decrypt["Resource"] == {"Ref": "OrgTrailKmsKeyArn"}
+    assert "kms:ViaService" in decrypt["Condition"]["StringEquals"]
+
+
+def test_quarantine_expires_and_staging_outlives_a_pending_journal():
+    rules = {r["Id"]: r for r in hub()["Resources"]["LakeBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["quarantine"]["ExpirationInDays"] == {"Ref": "QuarantineRetentionDays"}
+    assert rules["quarantine"]["Prefix"] == {"Sub": "${LakePrefix}/_quarantine/"}
+    assert rules["staging"]["ExpirationInDays"] == {"Ref": "StagingExpiryDays"}
+    parameters = hub()["Parameters"]
+    assert parameters["StagingExpiryDays"]["Default"] >= 7 and parameters["StagingExpiryDays"]["MinValue"] >= 2
+
+
+def test_the_ecs_task_has_no_public_ip_and_an_egress_only_security_group():
+    resources = hub()["Resources"]
+    network = resources["TaskSchedule"]["Properties"]["Target"]["EcsParameters"]["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED" and network["SecurityGroups"] == [{"Ref": "TaskSecurityGroup"}]
+    group = resources["TaskSecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in group
+    assert [(e["IpProtocol"], e["FromPort"], e["ToPort"]) for e in group["SecurityGroupEgress"]] == [("tcp", 443, 443)]

@@ -69,7 +69,8 @@ class Runtime:
 def test_binary_serves_lambda_invocations(tmp_path):
     [account] = create_org(["lambda"])
     seed_findings(account, "eu-west-1", findings_for(account, "eu-west-1", 5, datetime.now(timezone.utc) - timedelta(hours=2)))
-    runtime = Runtime([("req-1", {"regions": ["eu-west-1"]}), ("req-2", {"region": "typo"})])
+    runtime = Runtime([("req-1", {"regions": ["eu-west-1"]}), ("req-2", {"region": "typo"}),
+                       ("req-3", {"accounts": ["999999999999"]}), ("req-4", {"regions": ["ap-south-1"]})])  # fmt: skip
     lake = tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
     env.update(
@@ -95,4 +96,10 @@ def test_binary_serves_lambda_invocations(tmp_path):
     kind, error = runtime.answers["req-2"]
     assert kind == "error" and "region" in error["errorMessage"], error
     assert error["errorType"] == "InvalidPayload", "a stable name, not a Rust type name"
+    # A payload may narrow the configured accounts and regions, never add one.
+    for request, named in (("req-3", "999999999999"), ("req-4", "ap-south-1")):
+        kind, error = runtime.answers[request]
+        assert kind == "error" and error["errorType"] == "InvalidPayload", error
+        assert named in error["errorMessage"] and "narrow" in error["errorMessage"], error
+    assert query(lake, "runs", "select count(distinct account_id) from runs") == [(1,)], "nothing ran for them"
     assert all(line.startswith("{") for line in stderr.splitlines() if line.strip()), "logs are JSON lines"
