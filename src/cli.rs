@@ -68,8 +68,9 @@ impl S3Args {
     }
 }
 
-/// A time on the command line: RFC 3339 (`2026-11-01T00:00:00Z`) or a UTC date (`2026-11-01`).
-fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+/// A time on the command line or in a Lambda payload: RFC 3339 (`2026-11-01T00:00:00Z`) or a
+/// UTC date (`2026-11-01`).
+pub fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

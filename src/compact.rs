@@ -182,8 +182,8 @@ pub async fn compact(
                 });
                 let _ = std::fs::remove_file(path);
             }
-            crash_point("compact_after_stage");
-            journal::commit(store, &journal, "compact_").await?;
+            crash_point(crate::state::CrashPoint::CompactAfterStage);
+            journal::commit(store, &journal, crate::state::Phase::Compact).await?;
             info!(table, dt = %part_dt, files_before = files.len(), files_after = written.len(), rows, "Compacted a partition.");
             merged.push(Merged {
                 table: table.to_owned(),

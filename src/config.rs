@@ -98,9 +98,10 @@ pub struct Config {
     /// Lease of the run lock in seconds, renewed every third of it; a crashed run's lock
     /// expires after it. Default 900.
     pub lock_lease_secs: Option<u64>,
-    /// `off` (default) or `lookup`: CloudTrail events behind findings and on the watch-list.
+    /// `off` (default), `lookup` or `org-trail`: CloudTrail events behind findings and on the watch-list.
     pub cloudtrail: Option<CloudTrailMode>,
-    /// Event names pulled from every account and region (lookup mode). Default: the 20 names
+    /// Event names kept from every account and region (looked up in lookup mode, matched in
+    /// org-trail mode). Default: the 20 names
     /// of `sources::cloudtrail::DEFAULT_WATCHLIST` (see the README).
     pub watchlist: Option<Vec<String>>,
     /// Seconds added before eventFirstSeen and after eventLastSeen of a finding when looking

@@ -14,9 +14,9 @@ use crate::run::{Backfill, RunOptions};
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
-    /// Backfill window start (RFC 3339); needs `until`.
+    /// Backfill window start (RFC 3339 or a UTC date); needs `until`.
     pub since: Option<String>,
-    /// Backfill window end (RFC 3339, exclusive).
+    /// Backfill window end (RFC 3339 or a UTC date, exclusive).
     pub until: Option<String>,
     /// Accounts instead of the configured ones.
     pub accounts: Option<Vec<String>>,
@@ -34,12 +34,6 @@ pub struct Summary {
     pub events_written: u64,
     pub published: bool,
     pub duration_ms: u64,
-}
-
-fn parse_time(text: &str) -> Result<i64, String> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("{text:?} is not RFC 3339: {e}"))
 }
 
 impl Payload {
@@ -86,7 +80,8 @@ impl Payload {
             .map_err(|e| e.to_string())?;
         let backfill = match (&self.since, &self.until) {
             (Some(since), Some(until)) => {
-                let (since_ms, until_ms) = (parse_time(since)?, parse_time(until)?);
+                let ms = |t: &str| crate::cli::parse_time(t).map(|t| t.timestamp_millis());
+                let (since_ms, until_ms) = (ms(since)?, ms(until)?);
                 if since_ms >= until_ms {
                     return Err("since must be before until".into());
                 }

@@ -1,7 +1,7 @@
 //! guardlake: collects GuardDuty findings from every account and region of an AWS
 //! Organization into a partitioned Parquet lake that Athena and BI tools read.
 //!
-//! The stages, in the order a run goes through them (see `shared/DESIGN.md`):
+//! The stages, in the order a run goes through them (see "How it is built" in the README):
 //! [`config`] → [`discover`] → [`aws`] (credentials per account) → [`sources`] →
 //! [`normalize`] → [`sink`] → [`state`] → [`report`]; [`run`] ties them together.
 

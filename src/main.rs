@@ -133,6 +133,17 @@ fn main() {
     let cli = Cli::parse();
     init_logs();
     if let Some(point) = cli.crash_at {
+        let known: Vec<String> = guardlake::state::CrashPoint::all()
+            .into_iter()
+            .map(guardlake::state::CrashPoint::name)
+            .collect();
+        if !known.contains(&point) {
+            eprintln!(
+                "error: GUARDLAKE_CRASH_AT={point:?} is not a crash point; one of: {}",
+                known.join(", ")
+            );
+            std::process::exit(exit_code::CONFIG);
+        }
         guardlake::state::set_crash_point(point);
     }
     let runtime = async_runtime();

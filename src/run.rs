@@ -270,7 +270,7 @@ async fn lock_and_recover(
             LockError::Store(e) => store_err(e),
             other => RunError::Locked(other.to_string()),
         })?;
-    crash_point("after_lock");
+    crash_point(crate::state::CrashPoint::AfterLock);
     let recovery = match journal::recover(store).await {
         Ok(recovery) => recovery,
         Err(e) => {
@@ -290,7 +290,7 @@ async fn lock_and_recover(
             "Recovered from an interrupted run."
         );
     }
-    crash_point("after_recovery");
+    crash_point(crate::state::CrashPoint::AfterRecovery);
     Ok(lock)
 }
 
@@ -311,7 +311,7 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
         if let Some(handle) = keep_alive {
             handle.abort();
         }
-        crash_point("before_lock_release");
+        crash_point(crate::state::CrashPoint::BeforeLockRelease);
         if let Some(lock) = lock {
             if let Err(e) = lock.release(&store).await {
                 warn!(error = %e, "Could not release the run lock; it expires with its lease.");
@@ -344,7 +344,7 @@ async fn run_locked(ctx: &RunContext<'_>) -> Result<RunResult, RunError> {
         skipped = accounts.skipped.len(),
         "Discovered accounts."
     );
-    crash_point("after_discovery");
+    crash_point(crate::state::CrashPoint::AfterDiscovery);
 
     let (chains, mut outcomes) = plan(
         aws,
@@ -475,7 +475,7 @@ async fn collect_and_publish(
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    crash_point("after_collect");
+    crash_point(crate::state::CrashPoint::AfterCollect);
     if let Some(message) = collector
         .encode_error
         .lock()
@@ -492,7 +492,7 @@ async fn collect_and_publish(
             .map_err(|e| RunError::Encode(e.to_string()))?,
         None => Vec::new(),
     };
-    crash_point("after_encode");
+    crash_point(crate::state::CrashPoint::AfterEncode);
 
     // The report rows, and the checkpoints of the chains that completed.
     let mode = config.mode.as_str();
@@ -583,7 +583,7 @@ async fn collect_and_publish(
         });
         journal.checkpoints.extend(trail.checkpoints);
         files.extend(trail.files);
-        crash_point("after_cloudtrail");
+        crash_point(crate::state::CrashPoint::AfterCloudtrail);
     }
 
     let runs = report::runs_batch(run_id, outcomes).map_err(|e| RunError::Encode(e.to_string()))?;
@@ -684,10 +684,10 @@ async fn collect_and_publish(
             to: key.clone(),
         });
         if i == 0 {
-            crash_point("mid_stage_upload");
+            crash_point(crate::state::CrashPoint::MidStageUpload);
         }
     }
-    crash_point("after_stage_upload");
+    crash_point(crate::state::CrashPoint::AfterStageUpload);
 
     // Still ours? Then commit: from the journal on, the run's output is as good as published.
     if let Some(lock) = lock {
@@ -696,13 +696,16 @@ async fn collect_and_publish(
             other => RunError::Locked(other.to_string()),
         })?;
     }
-    crash_point("before_journal");
+    crash_point(crate::state::CrashPoint::BeforeJournal);
     journal::write(store, &journal)
         .await
         .map_err(|e| RunError::Publish(e.to_string()))?;
-    crash_point("after_journal");
+    crash_point(crate::state::CrashPoint::Journal(
+        crate::state::Phase::Run,
+        crate::state::Step::AfterJournal,
+    ));
     // Committed: from here a failure leaves the rest to the next run's roll-forward.
-    journal::apply(store, &journal, "")
+    journal::apply(store, &journal, crate::state::Phase::Run)
         .await
         .map_err(|e| RunError::Deferred(e.to_string()))?;
 
@@ -1345,7 +1348,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     }
                 }
             }
-            crash_point("mid_page");
+            crash_point(crate::state::CrashPoint::MidPage);
             Ok(())
         })
         .await

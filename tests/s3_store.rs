@@ -1,12 +1,16 @@
 //! The S3 store against the backend's S3: conditional create, multipart, state round trip.
-//! Needs the backend (`make test` starts it) at GUARDLAKE_TEST_ENDPOINT.
+//! Needs the backend (`make test` starts it) at GUARDLAKE_TEST_ENDPOINT; skipped without it.
 
 use aws_config::{BehaviorVersion, Region};
 use guardlake::sink::store::Store;
 
-async fn s3() -> aws_sdk_s3::Client {
-    let endpoint = std::env::var("GUARDLAKE_TEST_ENDPOINT")
-        .expect("GUARDLAKE_TEST_ENDPOINT is not set: run `make test`");
+/// The backend's S3, or `None` (with a one-line reason) when no backend was named: plain
+/// `cargo test` on a fresh clone skips this test; `make test` sets `GUARDLAKE_TEST_ENDPOINT`.
+async fn s3() -> Option<aws_sdk_s3::Client> {
+    let Ok(endpoint) = std::env::var("GUARDLAKE_TEST_ENDPOINT") else {
+        eprintln!("skipped: no local AWS backend (GUARDLAKE_TEST_ENDPOINT is unset; `make test` starts one)");
+        return None;
+    };
     let config = aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
@@ -15,16 +19,18 @@ async fn s3() -> aws_sdk_s3::Client {
         ))
         .load()
         .await;
-    aws_sdk_s3::Client::from_conf(
+    Some(aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(true)
             .build(),
-    )
+    ))
 }
 
 #[tokio::test]
 async fn create_is_conditional_and_large_files_go_multipart() {
-    let client = s3().await;
+    let Some(client) = s3().await else {
+        return;
+    };
     let bucket = format!("store-test-{}", std::process::id());
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     let part_bytes = 5 << 20;

@@ -2,7 +2,7 @@
 //! limits, throttling, disabled regions and denied roles surface as the codes AWS sends.
 //!
 //! Needs the backend (`make test` starts it; by hand: `make emulator`) at
-//! `GUARDLAKE_TEST_ENDPOINT`. Run with `--test-threads=1`: each test resets the backend.
+//! `GUARDLAKE_TEST_ENDPOINT`; without that variable each test is skipped with a one-line reason. Run with `--test-threads=1`: each test resets the backend.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,7 +13,17 @@ use aws_sdk_guardduty::error::ProvideErrorMetadata;
 use aws_sdk_guardduty::types::{Condition, FindingCriteria};
 
 fn endpoint() -> String {
-    std::env::var("GUARDLAKE_TEST_ENDPOINT").expect("GUARDLAKE_TEST_ENDPOINT is not set: run `make test`, or `make emulator` and export GUARDLAKE_TEST_ENDPOINT=http://127.0.0.1:4599")
+    std::env::var("GUARDLAKE_TEST_ENDPOINT").unwrap_or_default()
+}
+
+/// False (with a one-line reason) when no backend was named: plain `cargo test` on a fresh
+/// clone skips these; `make test` starts the backend and sets `GUARDLAKE_TEST_ENDPOINT`.
+fn backend() -> bool {
+    let named = !endpoint().is_empty();
+    if !named {
+        eprintln!("skipped: no local AWS backend (GUARDLAKE_TEST_ENDPOINT is unset; `make test` starts one)");
+    }
+    named
 }
 
 /// An unsigned JSON request to the backend's control endpoints.
@@ -64,6 +74,9 @@ fn fixtures() -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn guardduty_operations_parse_in_the_rust_sdk() {
+    if !backend() {
+        return;
+    }
     control("POST", "/moto-api/reset", "");
     let gd = aws_sdk_guardduty::Client::new(&sdk("eu-west-1", 1).await);
     let detector = gd
@@ -233,6 +246,9 @@ async fn guardduty_operations_parse_in_the_rust_sdk() {
 
 #[tokio::test]
 async fn lookup_events_parses_and_the_third_call_in_a_second_is_throttled() {
+    if !backend() {
+        return;
+    }
     control("POST", "/moto-api/reset", "");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cloudtrail");
     let events: Vec<serde_json::Value> = std::fs::read_dir(dir)
@@ -273,6 +289,9 @@ async fn lookup_events_parses_and_the_third_call_in_a_second_is_throttled() {
 
 #[tokio::test]
 async fn regions_disabled_regions_and_denied_roles_answer_like_aws() {
+    if !backend() {
+        return;
+    }
     control("POST", "/moto-api/reset", "");
     let account = aws_sdk_account::Client::new(&sdk("us-east-1", 1).await);
     let regions = account.list_regions().max_results(50).send().await.unwrap();
@@ -315,6 +334,9 @@ async fn regions_disabled_regions_and_denied_roles_answer_like_aws() {
 
 #[tokio::test]
 async fn discovery_pages_to_the_end_and_skips_suspended_accounts() {
+    if !backend() {
+        return;
+    }
     control("POST", "/moto-api/reset", "");
     let base = sdk("us-east-1", 3).await;
     let org = aws_sdk_organizations::Client::new(&base);

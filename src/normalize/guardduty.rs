@@ -664,7 +664,20 @@ mod tests {
                 value["severity"] = serde_json::json!(severity);
                 let keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
                 if let Some(key) = keys.get(drop) { value[key.as_str()] = Value::String(garbage.clone()); }
-                let _ = normalize(&value, value.to_string());
+                let raw = value.to_string();
+                match normalize(&value, raw.clone()) {
+                    // A row only from a finding whose required members are usable, and exactly
+                    // what they say.
+                    Ok(row) => {
+                        prop_assert_eq!(&row.raw, &raw);
+                        prop_assert_eq!(Some(row.id.as_str()), value["id"].as_str());
+                        prop_assert_eq!(Some(row.finding_type.as_str()), value["type"].as_str());
+                        prop_assert_eq!(Some(row.severity), value["severity"].as_f64());
+                        prop_assert!(row.severity.is_finite());
+                    }
+                    // Otherwise a reason that says what is wrong.
+                    Err(reason) => prop_assert!(!reason.to_string().is_empty()),
+                }
             }
         }
     }

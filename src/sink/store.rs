@@ -1,5 +1,5 @@
 //! The lake's object store: a local directory or an S3 bucket and prefix, with the conditional
-//! operations the publish protocol (`crate::state::publish`) is built on.
+//! operations the publish protocol (`crate::state::journal`, `crate::state::lock`) is built on.
 //!
 //! S3 facts: `If-None-Match: *` and `If-Match: <etag>` on PutObject / CompleteMultipartUpload
 //! answer 412 on conflict; multipart parts are 5 MiB–5 GiB. The local store gives the same
@@ -699,7 +699,7 @@ async fn multipart(
                     .set_e_tag(part.e_tag().map(str::to_owned))
                     .build(),
             );
-            crate::state::crash_point("mid_multipart");
+            crate::state::crash_point(crate::state::CrashPoint::MidMultipart);
             number += 1;
         }
         let completed = client

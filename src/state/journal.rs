@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::crash_point;
+use super::{crash_point, CrashPoint, Phase, Step};
 use crate::sink::store::{is_safe_key, PutError, Store, StoreError, Tag};
 
 pub const JOURNALS: &str = "_state/journals/";
@@ -137,16 +137,16 @@ pub async fn write(store: &Store, journal: &Journal) -> Result<(), PublishError>
     }
 }
 
-/// Commits and applies a journal (steps 2-4). `phase` prefixes the crash points (`""` or `compact_`).
-pub async fn commit(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
+/// Commits and applies a journal (steps 2-4). `phase` names its crash points.
+pub async fn commit(store: &Store, journal: &Journal, phase: Phase) -> Result<(), PublishError> {
     write(store, journal).await?;
-    crash_point(&format!("{phase}after_journal"));
+    crash_point(CrashPoint::Journal(phase, Step::AfterJournal));
     apply(store, journal, phase).await
 }
 
 /// Steps 3-4: copies, deletes, checkpoints, then the journal and the staging prefix go.
 /// Every step is idempotent, so a roll-forward may repeat what a killed run already did.
-pub async fn apply(store: &Store, journal: &Journal, phase: &str) -> Result<(), PublishError> {
+pub async fn apply(store: &Store, journal: &Journal, phase: Phase) -> Result<(), PublishError> {
     journal.validate().map_err(|reason| PublishError::Unsafe {
         journal: journal.key(),
         reason,
@@ -164,17 +164,17 @@ pub async fn apply(store: &Store, journal: &Journal, phase: &str) -> Result<(), 
         }
         store.copy(&copy.from, &copy.to).await?;
         if i == 0 {
-            crash_point(&format!("{phase}mid_copy"));
+            crash_point(CrashPoint::Journal(phase, Step::MidCopy));
         }
     }
-    crash_point(&format!("{phase}after_copy"));
+    crash_point(CrashPoint::Journal(phase, Step::AfterCopy));
     for (i, key) in journal.deletes.iter().enumerate() {
         store.delete(key).await?;
         if i == 0 {
-            crash_point(&format!("{phase}mid_delete"));
+            crash_point(CrashPoint::Journal(phase, Step::MidDelete));
         }
     }
-    crash_point(&format!("{phase}before_checkpoint"));
+    crash_point(CrashPoint::Journal(phase, Step::BeforeCheckpoint));
     for (i, checkpoint) in journal.checkpoints.iter().enumerate() {
         match store
             .put_if(
@@ -195,22 +195,22 @@ pub async fn apply(store: &Store, journal: &Journal, phase: &str) -> Result<(), 
             Err(PutError::Store(e)) => return Err(e.into()),
         }
         if i == 0 {
-            crash_point(&format!("{phase}mid_checkpoint"));
+            crash_point(CrashPoint::Journal(phase, Step::MidCheckpoint));
         }
     }
-    crash_point(&format!("{phase}after_checkpoint"));
+    crash_point(CrashPoint::Journal(phase, Step::AfterCheckpoint));
     store.delete(&journal.key()).await?;
-    crash_point(&format!("{phase}after_journal_delete"));
+    crash_point(CrashPoint::Journal(phase, Step::AfterJournalDelete));
     remove_prefix(store, &staging_prefix(&journal.run_id), phase).await?;
-    crash_point(&format!("{phase}after_staging_cleanup"));
+    crash_point(CrashPoint::Journal(phase, Step::AfterStagingCleanup));
     Ok(())
 }
 
-async fn remove_prefix(store: &Store, prefix: &str, phase: &str) -> Result<(), StoreError> {
+async fn remove_prefix(store: &Store, prefix: &str, phase: Phase) -> Result<(), StoreError> {
     for (i, (key, _)) in store.list(prefix).await?.into_iter().enumerate() {
         store.delete(&key).await?;
         if i == 0 {
-            crash_point(&format!("{phase}mid_staging_cleanup"));
+            crash_point(CrashPoint::Journal(phase, Step::MidStagingCleanup));
         }
     }
     Ok(())
@@ -240,7 +240,7 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
             });
         }
         info!(run_id = %journal.run_id, kind = %journal.kind, files = journal.copies.len(), "Rolling forward a committed journal left by an interrupted run.");
-        apply(store, &journal, "recovery_").await?;
+        apply(store, &journal, Phase::Recovery).await?;
         recovery.rolled_forward += 1;
     }
     let mut orphans = std::collections::BTreeSet::new();
@@ -255,7 +255,7 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
     for run in orphans {
         // `.tmp` holds local temporary files of writers that died; no journal names them.
         warn!(run_id = %run, "Discarding staged files of a run that died before committing.");
-        remove_prefix(store, &format!("{STAGING}{run}/"), "recovery_").await?;
+        remove_prefix(store, &format!("{STAGING}{run}/"), Phase::Recovery).await?;
         if run != ".tmp" {
             recovery.discarded_runs += 1;
         }
@@ -338,7 +338,7 @@ mod tests {
         ];
         for journal in bad {
             assert!(journal.validate().is_err(), "{journal:?}");
-            let applied = apply(&store, &journal, "").await;
+            let applied = apply(&store, &journal, Phase::Run).await;
             assert!(
                 matches!(applied, Err(PublishError::Unsafe { .. })),
                 "{applied:?}"
@@ -435,7 +435,7 @@ mod tests {
             )
             .await
             .unwrap();
-        apply(&store, &journal, "").await.unwrap();
+        apply(&store, &journal, Phase::Run).await.unwrap();
         assert_eq!(store.list("findings/").await.unwrap().len(), 1);
     }
 
@@ -464,7 +464,7 @@ mod tests {
             ..Journal::default()
         };
         assert!(matches!(
-            commit(&store, &journal, "").await,
+            commit(&store, &journal, Phase::Run).await,
             Err(PublishError::CheckpointConflict(_))
         ));
     }

@@ -29,7 +29,25 @@ RUN_POINTS = [
     "after_staging_cleanup", "before_lock_release",
 ]  # fmt: skip
 COMPACT_POINTS = ["compact_after_stage", "compact_after_journal", "compact_mid_copy", "compact_mid_delete", "compact_after_journal_delete"]
-RECOVERY_POINTS = ["recovery_mid_copy", "recovery_mid_checkpoint", "recovery_after_checkpoint", "recovery_mid_staging_cleanup"]
+# More compactions killed, each sequence on a lake of its own; the last rolls a compaction's
+# journal forward (it deletes the files it merged) and is killed between two deletes.
+COMPACT_SEQUENCES = [["compact_after_copy"], ["compact_before_checkpoint"], ["compact_after_checkpoint"],
+                     ["compact_mid_staging_cleanup"], ["compact_after_staging_cleanup"],
+                     ["compact_after_journal", "recovery_mid_delete"]]  # fmt: skip
+# Rolling forward a committed journal, killed again at each step. Each sequence starts from a run
+# killed right after its commit; after `recovery_after_journal_delete` no journal is left, so the
+# steps after it come in sequences of their own.
+RECOVERY_SEQUENCES = [
+    ["recovery_mid_copy", "recovery_after_copy", "recovery_before_checkpoint", "recovery_mid_checkpoint",
+     "recovery_after_checkpoint", "recovery_mid_staging_cleanup"],
+    ["recovery_after_journal_delete"],
+    ["recovery_after_staging_cleanup"],
+]  # fmt: skip
+RECOVERY_POINTS = [point for sequence in RECOVERY_SEQUENCES for point in sequence]
+MORE_COMPACT_POINTS = [point for sequence in COMPACT_SEQUENCES for point in sequence]
+# A run that also collects CloudTrail, and an S3 upload large enough to go multipart.
+CLOUDTRAIL_POINTS = ["after_cloudtrail"]
+MULTIPART_POINTS = ["mid_multipart"]
 
 
 def iso(moment: datetime) -> str:
@@ -125,8 +143,11 @@ def assert_exactly_once(lake: Path, versions: list[dict], optional: list[dict] =
     assert found - required - {key(f) for f in optional} == set(), "unexpected rows"
 
 
+TABLES = ("findings", "runs", "cloudtrail_events", "finding_events", "schema_drift")
+
+
 def assert_nothing_partial(lake: Path) -> None:
-    for table in ("findings", "runs"):
+    for table in TABLES:
         for path in (lake / table).rglob("*"):
             if path.is_file():
                 assert not path.name.startswith((".", "_")), f"stray file under a table location: {path}"
@@ -160,15 +181,85 @@ def test_killed_run_then_rerun_publishes_every_version_once(tmp_path, store, poi
 
 
 @pytest.mark.parametrize("store", ["local", "s3"])
-def test_crashes_during_recovery_are_recovered_too(tmp_path, store):
+@pytest.mark.parametrize("sequence", RECOVERY_SEQUENCES, ids=lambda s: s[0])
+def test_crashes_during_recovery_are_recovered_too(tmp_path, store, sequence):
     lake = Lake(store, tmp_path)
     versions = seed()
     lake.run(crash="after_journal")
-    for point in RECOVERY_POINTS:
+    for point in sequence:
         lake.run(crash=point)
     lake.run()
     path = lake.sync()
     assert_exactly_once(path, versions)
+    assert_nothing_partial(path)
+
+
+def test_a_run_killed_after_collecting_cloudtrail_publishes_findings_and_events_once(tmp_path):
+    from test_cloudtrail import event, seed_events
+
+    from conftest import cloudtrail_fixtures
+
+    lake = Lake("local", tmp_path)
+    versions = seed()
+    now = datetime.now(timezone.utc)
+    events = {}
+    for account in ACCOUNTS:
+        for region in REGIONS:
+            event_id = f"stop-{account}-{region}"
+            seed_events(account, region, [event(cloudtrail_fixtures()["iam_user"], event_id, account, region, "StopLogging",
+                                                "cloudtrail.amazonaws.com", now - timedelta(hours=2), None)])  # fmt: skip
+            events[event_id] = 1
+    trail = ("--cloudtrail", "lookup", "--watchlist", "StopLogging")
+    for point in CLOUDTRAIL_POINTS:
+        lake.run(*trail, crash=point)
+    lake.run(*trail)
+    lake.run(*trail)
+    path = lake.sync()
+    assert_exactly_once(path, versions)
+    assert dict(query(path, "cloudtrail_events", "select event_id, count(*) from cloudtrail_events group by 1")) == events
+    assert_nothing_partial(path)
+
+
+def test_a_run_killed_between_multipart_parts_publishes_every_version_once(tmp_path):
+    import base64
+    import os
+
+    lake = Lake("s3", tmp_path)
+    # 130 findings of ~200 KB that hardly compress: one findings file over the 16 MiB part size
+    # (MULTIPART_PART_BYTES).
+    big = findings_for(ACCOUNTS[0], REGIONS[0], 130, datetime.now(timezone.utc) - timedelta(days=2))
+    noon = datetime.now(timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    for n, finding in enumerate(big):
+        # One day, so one partition and one file.
+        finding["createdAt"] = finding["updatedAt"] = iso(noon + timedelta(seconds=n))
+        finding["service"]["additionalInfo"] = {"padding": base64.b64encode(os.urandom(150_000)).decode(), "type": "default"}
+    seed_findings(ACCOUNTS[0], REGIONS[0], big)
+    for point in MULTIPART_POINTS:
+        lake.run(crash=point)
+    lake.run()
+    path = lake.sync()
+    assert_exactly_once(path, big)
+    assert max(p.stat().st_size for p in (path / "findings").rglob("*.parquet")) > 16 << 20, "the file went multipart"
+    assert_nothing_partial(path)
+
+
+@pytest.mark.parametrize("sequence", COMPACT_SEQUENCES, ids=lambda s: s[-1])
+def test_a_compaction_killed_at_any_step_keeps_every_row(tmp_path, sequence):
+    lake = Lake("local", tmp_path)
+    for day in (3, 4):
+        seed(days_ago=day, per_target=2, offset=100 * day)
+    lake.run()
+    for day in (3, 4):
+        seed(days_ago=day + 0.1, per_target=1, offset=1000 + 100 * day)
+    lake.run("--since", iso(datetime.now(timezone.utc) - timedelta(days=6)), "--until", iso(datetime.now(timezone.utc)))
+    path = lake.sync()
+    before, files_before = lake_rows(path), len(list((path / "findings").rglob("*.parquet")))
+    for point in sequence:
+        lake.compact(crash=point)
+    lake.compact()
+    path = lake.sync()
+    assert lake_rows(path) == before, "compaction preserves the multiset of rows"
+    assert len(list((path / "findings").rglob("*.parquet"))) < files_before
     assert_nothing_partial(path)
 
 
