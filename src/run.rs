@@ -294,6 +294,30 @@ async fn lock_and_recover(
     Ok(lock)
 }
 
+/// Runs `body` under the lake's lock: takes it and finishes what an interrupted run committed,
+/// keeps it alive, and releases it whatever `body` returns (a release that fails is logged; the
+/// lock then expires with its lease). `run` and `compact` both go through here.
+async fn with_lock<T, F, Fut>(
+    store: &Arc<Store>,
+    run_id: &str,
+    config: &ValidatedConfig,
+    body: F,
+) -> Result<T, RunError>
+where
+    F: FnOnce(Arc<RunLock>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RunError>>,
+{
+    let lock = lock_and_recover(store, run_id, config).await?;
+    let keep_alive = lock.keep_alive(store.clone());
+    let result = body(lock.clone()).await;
+    keep_alive.abort();
+    crash_point(crate::state::CrashPoint::BeforeLockRelease);
+    if let Err(e) = lock.release(store).await {
+        warn!(error = %e, "Could not release the run lock; it expires with its lease.");
+    }
+    result
+}
+
 pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResult, RunError> {
     let started = Instant::now();
     let run_id = uuid::Uuid::now_v7().to_string();
@@ -303,21 +327,17 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
         let aws = Aws::load(&config, &run_id, options.s3_path_style).await.map_err(RunError::Discovery)?;
         info!(home_account = %aws.home_account, home_region = %aws.home_region, mode = config.mode.as_str(), "Starting run.");
         let store = Arc::new(open_store(&config, || async { aws.s3() }).await);
+        let (config, options, aws, store_ref, id) = (&config, &options, &aws, &store, run_id.as_str());
         // A dry run only reads: no lock, no recovery.
-        let lock = if config.dry_run { None } else { Some(lock_and_recover(&store, &run_id, &config).await?) };
-        let keep_alive = lock.as_ref().map(|l| l.keep_alive(store.clone()));
-        let ctx = RunContext { config: &config, options: &options, aws: &aws, store: &store, lock: lock.as_deref(), run_id: &run_id, run_start_ms, started };
-        let result = run_locked(&ctx).await;
-        if let Some(handle) = keep_alive {
-            handle.abort();
+        if config.dry_run {
+            let ctx = RunContext { config, options, aws, store: store_ref, lock: None, run_id: id, run_start_ms, started };
+            return run_locked(&ctx).await;
         }
-        crash_point(crate::state::CrashPoint::BeforeLockRelease);
-        if let Some(lock) = lock {
-            if let Err(e) = lock.release(&store).await {
-                warn!(error = %e, "Could not release the run lock; it expires with its lease.");
-            }
-        }
-        result
+        with_lock(&store, id, config, |lock| async move {
+            let ctx = RunContext { config, options, aws, store: store_ref, lock: Some(&lock), run_id: id, run_start_ms, started };
+            run_locked(&ctx).await
+        })
+        .await
     }
     .instrument(span)
     .await
@@ -742,6 +762,25 @@ async fn collect_and_publish(
     Ok(())
 }
 
+/// The organization's id (DescribeOrganization), for the org trail's keys; an answer without
+/// one is a failure too, never an empty id.
+async fn organization_id(aws: &Aws) -> Result<String, TargetFailure> {
+    let answer = aws
+        .organizations()
+        .describe_organization()
+        .send()
+        .await
+        .map_err(|e| crate::error::classify("organizations:DescribeOrganization", &e))?;
+    match answer.organization().and_then(|o| o.id()) {
+        Some(id) if crate::config::is_org_id(id) => Ok(id.to_owned()),
+        other => Err(TargetFailure::new(
+            TargetStatus::Error,
+            "NoOrganizationId",
+            format!("organizations:DescribeOrganization answered no usable organization id ({other:?}); set --trail-org-id"),
+        )),
+    }
+}
+
 /// What the CloudTrail phase adds to a run's publish.
 struct TrailOutput {
     outcomes: Vec<TargetOutcome>,
@@ -790,21 +829,39 @@ async fn collect_cloudtrail(
             };
             let org_id = match &config.trail_org_id {
                 Some(id) => id.clone(),
-                None => aws
-                    .organizations()
-                    .describe_organization()
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        RunError::Discovery(crate::error::classify(
-                            "organizations:DescribeOrganization",
-                            &e,
-                        ))
-                    })?
-                    .organization()
-                    .and_then(|o| o.id())
-                    .unwrap_or_default()
-                    .to_owned(),
+                None => match organization_id(aws).await {
+                    Ok(id) => id,
+                    // Without the org id no trail key can be named: every CloudTrail target
+                    // fails, classified; the findings are still published.
+                    Err(failure) => {
+                        warn!(status = failure.status.as_str(), message = %failure.message, "No organization id for the trail's keys; CloudTrail targets fail.");
+                        let outcomes = covered
+                            .iter()
+                            .flat_map(|(account, regions)| {
+                                regions.iter().map(move |region| (account, region))
+                            })
+                            .map(|(account, region)| TargetOutcome {
+                                account_id: account.clone(),
+                                region: region.clone(),
+                                source: "cloudtrail",
+                                mode: config.mode.as_str(),
+                                failure: Some(failure.clone()),
+                                findings_read: 0,
+                                findings_written: 0,
+                                findings_quarantined: 0,
+                                window_start_ms: None,
+                                window_end_ms: None,
+                                started_at_ms: run_start_ms,
+                                duration_ms: 0,
+                            })
+                            .collect();
+                        return Ok(TrailOutput {
+                            outcomes,
+                            checkpoints: Vec::new(),
+                            files: Vec::new(),
+                        });
+                    }
+                },
             };
             Some((
                 store,
@@ -1048,27 +1105,26 @@ pub async fn compact(
         )
     };
     let store = Arc::new(open_store(&config, s3).await);
-    let lock = lock_and_recover(&store, &run_id, &config).await?;
-    let keep_alive = lock.keep_alive(store.clone());
-    let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));
-    std::fs::create_dir_all(&work_dir).map_err(|e| RunError::Store {
-        key: work_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let result = crate::compact::compact(
-        &store,
-        &run_id,
-        &work_dir,
-        table.as_deref(),
-        dt,
-        config.target_file_bytes,
-        Utc::now().date_naive(),
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&work_dir);
-    keep_alive.abort();
-    let _ = lock.release(&store).await;
-    result.map_err(|e| RunError::Publish(e.to_string()))
+    with_lock(&store, &run_id, &config, |_lock| async {
+        let work_dir = config.work_dir.join(format!("guardlake-{run_id}"));
+        std::fs::create_dir_all(&work_dir).map_err(|e| RunError::Store {
+            key: work_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let result = crate::compact::compact(
+            &store,
+            &run_id,
+            &work_dir,
+            table.as_deref(),
+            dt,
+            config.target_file_bytes,
+            Utc::now().date_naive(),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        result.map_err(|e| RunError::Publish(e.to_string()))
+    })
+    .await
 }
 
 /// The chains to run (with their windows) and the targets that already failed while planning.

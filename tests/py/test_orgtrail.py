@@ -247,3 +247,22 @@ def test_trail_bucket_errors_are_classified_and_a_wrong_prefix_is_not_found(tmp_
     # The fault removed, the object is read: nothing was marked read while it failed.
     assert guardlake(*base, "--trail-prefix", "trail").returncode == 0
     assert events(lake) == {"s3-event": 1}
+
+
+def test_no_organization_id_fails_the_trail_targets_and_publishes_the_findings(tmp_path):
+    [account] = create_org(["orgless"])
+    from seed import findings_for
+
+    seed_findings(account, REGION, findings_for(account, REGION, 3, datetime.now(timezone.utc) - timedelta(days=1)))
+    trail, lake = tmp_path / "trail", tmp_path / "lake"
+    trail.mkdir()
+    args = ("run", "--output", str(lake), "--regions", REGION, "--accounts", account, "--lookback-days", "3",
+            "--cloudtrail", "org-trail", "--trail-dir", str(trail))  # fmt: skip
+    control("POST", "/moto-api/ext/faults", {"operation": "DescribeOrganization", "error": "AccessDeniedException"})
+    done = guardlake(*args)
+    control("DELETE", "/moto-api/ext/faults")
+    assert done.returncode == 3, done.stderr[-2000:]
+    rows = query(lake, "runs", "select source, status, error_class, error_message from runs order by source")
+    assert rows[0][:3] == ("cloudtrail", "access_denied", "AccessDeniedException") and "DescribeOrganization" in rows[0][3], rows
+    assert rows[1][:2] == ("guardduty", "ok")
+    assert query(lake, "findings", "select count(*) from findings") == [(3,)]
