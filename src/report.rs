@@ -31,6 +31,31 @@ pub struct TargetOutcome {
 }
 
 impl TargetOutcome {
+    /// A target that failed before reading anything.
+    pub fn failed(
+        account_id: &str,
+        region: &str,
+        source: &'static str,
+        mode: &'static str,
+        failure: TargetFailure,
+        started_at_ms: i64,
+    ) -> Self {
+        Self {
+            account_id: account_id.to_owned(),
+            region: region.to_owned(),
+            source,
+            mode,
+            failure: Some(failure),
+            findings_read: 0,
+            findings_written: 0,
+            findings_quarantined: 0,
+            window_start_ms: None,
+            window_end_ms: None,
+            started_at_ms,
+            duration_ms: 0,
+        }
+    }
+
     pub fn status(&self) -> TargetStatus {
         self.failure.as_ref().map_or(TargetStatus::Ok, |f| f.status)
     }

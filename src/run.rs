@@ -840,19 +840,15 @@ async fn collect_cloudtrail(
                             .flat_map(|(account, regions)| {
                                 regions.iter().map(move |region| (account, region))
                             })
-                            .map(|(account, region)| TargetOutcome {
-                                account_id: account.clone(),
-                                region: region.clone(),
-                                source: "cloudtrail",
-                                mode: config.mode.as_str(),
-                                failure: Some(failure.clone()),
-                                findings_read: 0,
-                                findings_written: 0,
-                                findings_quarantined: 0,
-                                window_start_ms: None,
-                                window_end_ms: None,
-                                started_at_ms: run_start_ms,
-                                duration_ms: 0,
+                            .map(|(account, region)| {
+                                TargetOutcome::failed(
+                                    account,
+                                    region,
+                                    "cloudtrail",
+                                    config.mode.as_str(),
+                                    failure.clone(),
+                                    run_start_ms,
+                                )
                             })
                             .collect();
                         return Ok(TrailOutput {
@@ -1139,19 +1135,8 @@ async fn plan(
     let mut chains = Vec::new();
     let mut failed = Vec::new();
     let mode = config.mode.as_str();
-    let failure_outcome = |account_id: &str, region: &str, failure: TargetFailure| TargetOutcome {
-        account_id: account_id.to_owned(),
-        region: region.to_owned(),
-        source: SOURCE,
-        mode,
-        failure: Some(failure),
-        findings_read: 0,
-        findings_written: 0,
-        findings_quarantined: 0,
-        window_start_ms: None,
-        window_end_ms: None,
-        started_at_ms: run_start_ms,
-        duration_ms: 0,
+    let failure_outcome = |account_id: &str, region: &str, failure: TargetFailure| {
+        TargetOutcome::failed(account_id, region, SOURCE, mode, failure, run_start_ms)
     };
     // (detector account, region, members covered in delegated-admin mode)
     type Pair = (String, String, Option<Arc<HashSet<String>>>);
