@@ -130,7 +130,7 @@ where
                     } else {
                         TargetStatus::Error
                     },
-                    format!("HTTP{status}"),
+                    http_code(status),
                     format!(
                         "{operation}: HTTP {status} without an error code{}",
                         inner
@@ -171,6 +171,12 @@ where
     }
 }
 
+/// The code of an answer that carried none: its HTTP status (`HTTP 503`). API errors and S3
+/// store errors are named the same way.
+pub fn http_code(status: u16) -> String {
+    format!("HTTP {status}")
+}
+
 /// An error and its sources, each by its `Display`, joined by `: ` (a source whose text the
 /// previous one already holds is left out): no `Debug` dumps.
 pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
@@ -192,7 +198,7 @@ pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
 pub fn classify_store(operation: &str, err: &crate::sink::store::StoreError) -> TargetFailure {
     let message = format!("{operation}: {}", err.message);
     match err.code.as_deref() {
-        Some("HTTP 503") | Some("ServiceUnavailable") => {
+        Some(code) if code == "ServiceUnavailable" || code == http_code(503) => {
             TargetFailure::new(TargetStatus::Throttled, "SlowDown", message)
         }
         Some(code) => TargetFailure::new(status_for_code(code), code, message),

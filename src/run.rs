@@ -610,17 +610,12 @@ async fn collect_and_publish(
     let runs_path = work_dir.join("runs.parquet");
     pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;
     files.push((runs_path, format!("runs/dt={run_dt}/{run_id}.parquet")));
-    let spill = std::mem::replace(
-        &mut *collector
-            .quarantine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-        Spill::new(work_dir.join("quarantine-unused.jsonl")),
-    );
-    let spilled = spill.finish().map_err(|e| RunError::Store {
-        key: work_dir.join("quarantine.jsonl").display().to_string(),
-        message: e.to_string(),
-    })?;
+    let spilled = collector
+        .quarantine
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish()
+        .map_err(store_err)?;
     if let Some((path, count)) = spilled {
         let key = format!("_quarantine/findings/dt={run_dt}/{run_id}.jsonl");
         warn!(count, key = %store.uri(&key), "Quarantined findings.");
@@ -1322,7 +1317,7 @@ async fn collect_chain(aws: &Aws, chain: Chain, collector: &Collector) -> ChainR
                     Some(members) => members.contains(account_id),
                     None => account_id == chain.account_id,
                 };
-                let mismatch = if !covered && crate::config::is_account_id(account_id) && collector.known_accounts.contains(account_id) {
+                let mismatch = if !covered && collector.known_accounts.contains(account_id) {
                     passed_over += 1;
                     continue;
                 } else if !covered {

@@ -39,7 +39,7 @@ impl EventSink {
     /// The encoded files, and the quarantine file with its line count (if any).
     #[allow(clippy::type_complexity)]
     pub fn finish(self) -> Result<(Vec<StagedFile>, Option<(PathBuf, u64)>), RunError> {
-        let inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
         if let Some(error) = inner.error {
             return Err(RunError::Encode(error));
         }
@@ -47,10 +47,9 @@ impl EventSink {
             .writer
             .finish()
             .map_err(|e| RunError::Encode(e.to_string()))?;
-        let key = inner.bad.path().display().to_string();
         let bad = inner.bad.finish().map_err(|e| RunError::Store {
-            key,
-            message: e.to_string(),
+            key: e.key,
+            message: e.message,
         })?;
         Ok((files, bad))
     }

@@ -3,7 +3,9 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::sink::store::StoreError;
 
 /// A JSON-lines file written as records arrive; created on the first record.
 #[derive(Debug)]
@@ -34,23 +36,17 @@ impl Spill {
         Ok(())
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Flushes the file; `None` when nothing was spilled.
-    pub fn finish(self) -> std::io::Result<Option<(PathBuf, u64)>> {
-        match self.out {
+    /// Flushes and closes the file: its path and line count, `None` when nothing was spilled.
+    /// A record pushed after it would start the file over.
+    pub fn finish(&mut self) -> Result<Option<(PathBuf, u64)>, StoreError> {
+        match self.out.take() {
             Some(mut out) => {
-                out.flush()?;
-                Ok(Some((self.path, self.count)))
+                out.flush()
+                    .map_err(|e| StoreError::new(self.path.display().to_string(), e))?;
+                Ok(Some((self.path.clone(), std::mem::take(&mut self.count))))
             }
             None => Ok(None),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -62,7 +58,7 @@ mod tests {
     fn lines_land_on_disk_and_nothing_is_created_for_none() {
         let dir = std::env::temp_dir().join(format!("guardlake-spill-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let empty = Spill::new(dir.join("empty.jsonl"));
+        let mut empty = Spill::new(dir.join("empty.jsonl"));
         assert!(empty.finish().unwrap().is_none());
         assert!(!dir.join("empty.jsonl").exists());
         let mut spill = Spill::new(dir.join("q.jsonl"));

@@ -19,6 +19,8 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::io::AsyncReadExt;
 use tracing::warn;
 
+use crate::error::http_code;
+
 /// Default multipart threshold and part size: uploads above it use multipart, in parts of it.
 /// S3 parts must be 5 MiB to 5 GiB (all but the last).
 pub const MULTIPART_PART_BYTES: u64 = 16 << 20;
@@ -58,10 +60,6 @@ pub enum PutError {
 
 type S3Error<E> = SdkError<E, HttpResponse>;
 
-fn store_error(key: &str, message: impl std::fmt::Display) -> StoreError {
-    StoreError::new(key, message)
-}
-
 /// An S3 error as a store error that keeps the service's code (or the HTTP status) for the
 /// classifier, instead of only its text.
 fn sdk_error<E>(key: &str, err: S3Error<E>) -> StoreError
@@ -73,12 +71,10 @@ where
             .err()
             .code()
             .map(str::to_owned)
-            .or_else(|| Some(format!("HTTP {}", service.raw().status().as_u16()))),
+            .or_else(|| Some(http_code(service.raw().status().as_u16()))),
         SdkError::TimeoutError(_) => Some("Timeout".to_owned()),
         SdkError::DispatchFailure(_) => Some("DispatchFailure".to_owned()),
-        SdkError::ResponseError(response) => {
-            Some(format!("HTTP {}", response.raw().status().as_u16()))
-        }
+        SdkError::ResponseError(response) => Some(http_code(response.raw().status().as_u16())),
         _ => None,
     };
     StoreError {
@@ -187,7 +183,10 @@ impl Store {
         if is_safe_key(key) {
             Ok(root.join(key))
         } else {
-            Err(store_error(key, "refused: the key could leave the lake"))
+            Err(StoreError::new(
+                key,
+                "refused: the key could leave the lake",
+            ))
         }
     }
 
@@ -195,15 +194,15 @@ impl Store {
         let path = Self::under_root(root, key)?;
         let dir = path
             .parent()
-            .ok_or_else(|| store_error(key, "key has no directory"))?;
-        std::fs::create_dir_all(dir).map_err(|e| store_error(key, e))?;
+            .ok_or_else(|| StoreError::new(key, "key has no directory"))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::new(key, e))?;
         Ok(path)
     }
 
     /// A fresh temporary path under `_staging/.tmp/` for the local store.
     fn local_tmp(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
         let dir = root.join(LOCAL_TMP);
-        std::fs::create_dir_all(&dir).map_err(|e| store_error(key, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::new(key, e))?;
         Ok(dir.join(format!("{}-{}", std::process::id(), uuid::Uuid::new_v4())))
     }
 
@@ -238,7 +237,7 @@ impl Store {
     pub async fn create_from_file(&self, local: &Path, key: &str) -> Result<u64, PutError> {
         let size = tokio::fs::metadata(local)
             .await
-            .map_err(|e| store_error(key, e))?
+            .map_err(|e| StoreError::new(key, e))?
             .len();
         match self {
             Self::Local { root } => {
@@ -246,7 +245,7 @@ impl Store {
                 let temp = Self::local_tmp(root, key)?;
                 tokio::fs::copy(local, &temp)
                     .await
-                    .map_err(|e| store_error(key, e))?;
+                    .map_err(|e| StoreError::new(key, e))?;
                 let linked = tokio::fs::hard_link(&temp, &target).await;
                 let _ = tokio::fs::remove_file(&temp).await;
                 match linked {
@@ -254,7 +253,7 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         Err(PutError::Conflict(key.to_owned()))
                     }
-                    Err(e) => Err(store_error(key, e).into()),
+                    Err(e) => Err(StoreError::new(key, e).into()),
                 }
             }
             Self::S3 {
@@ -267,10 +266,10 @@ impl Store {
                 if size <= *part_bytes {
                     let body = ByteStream::from_path(local)
                         .await
-                        .map_err(|e| store_error(key, e))?;
+                        .map_err(|e| StoreError::new(key, e))?;
                     let put = self
                         .put_request(key, body)
-                        .ok_or_else(|| store_error(key, "not S3"))?;
+                        .ok_or_else(|| StoreError::new(key, "not S3"))?;
                     match put.if_none_match("*").send().await {
                         Ok(_) => Ok(size),
                         Err(e) if is_precondition_failure(&e) => {
@@ -322,7 +321,7 @@ impl Store {
                         Ok(Some((bytes, tag)))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(store_error(key, e)),
+                    Err(e) => Err(StoreError::new(key, e)),
                 }
             }
             Self::S3 { client, bucket, .. } => match client
@@ -342,7 +341,7 @@ impl Store {
                         .body
                         .collect()
                         .await
-                        .map_err(|e| store_error(key, e))?;
+                        .map_err(|e| StoreError::new(key, e))?;
                     Ok(Some((bytes.into_bytes().to_vec(), tag)))
                 }
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -362,11 +361,11 @@ impl Store {
         match self {
             Self::Local { root } => {
                 let target = Self::local_path(root, key)?;
-                let guard = LocalLock::acquire(root).map_err(|e| store_error(key, e))?;
+                let guard = LocalLock::acquire(root).map_err(|e| StoreError::new(key, e))?;
                 let current = match std::fs::read(&target) {
                     Ok(current) => Some(content_tag(&current)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(store_error(key, e).into()),
+                    Err(e) => return Err(StoreError::new(key, e).into()),
                 };
                 if current.as_ref() != expected {
                     return Err(PutError::Conflict(key.to_owned()));
@@ -379,7 +378,7 @@ impl Store {
             Self::S3 { .. } => {
                 let put = self
                     .put_request(key, ByteStream::from(bytes))
-                    .ok_or_else(|| store_error(key, "not S3"))?;
+                    .ok_or_else(|| StoreError::new(key, "not S3"))?;
                 let put = match expected {
                     Some(tag) => put.if_match(tag),
                     None => put.if_none_match("*"),
@@ -405,7 +404,7 @@ impl Store {
             Self::S3 { .. } => {
                 let put = self
                     .put_request(key, ByteStream::from(bytes))
-                    .ok_or_else(|| store_error(key, "not S3"))?;
+                    .ok_or_else(|| StoreError::new(key, "not S3"))?;
                 put.send().await.map(|_| ()).map_err(|e| sdk_error(key, e))
             }
         }
@@ -419,10 +418,10 @@ impl Store {
                 let temp = Self::local_tmp(root, to)?;
                 tokio::fs::copy(Self::under_root(root, from)?, &temp)
                     .await
-                    .map_err(|e| store_error(from, e))?;
+                    .map_err(|e| StoreError::new(from, e))?;
                 tokio::fs::rename(&temp, &target)
                     .await
-                    .map_err(|e| store_error(to, e))
+                    .map_err(|e| StoreError::new(to, e))
             }
             Self::S3 {
                 client,
@@ -453,7 +452,7 @@ impl Store {
                 match tokio::fs::remove_file(Self::under_root(root, key)?).await {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(store_error(key, e)),
+                    Err(e) => Err(StoreError::new(key, e)),
                 }
             }
             Self::S3 { client, bucket, .. } => client
@@ -505,12 +504,12 @@ impl Store {
                     let entries = match std::fs::read_dir(&dir) {
                         Ok(entries) => entries,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(store_error(prefix, e)),
+                        Err(e) => return Err(StoreError::new(prefix, e)),
                     };
                     for entry in entries {
-                        let entry = entry.map_err(|e| store_error(prefix, e))?;
+                        let entry = entry.map_err(|e| StoreError::new(prefix, e))?;
                         let path = entry.path();
-                        let meta = entry.metadata().map_err(|e| store_error(prefix, e))?;
+                        let meta = entry.metadata().map_err(|e| StoreError::new(prefix, e))?;
                         if meta.is_dir() {
                             stack.push(path);
                         } else if let Ok(relative) = path.strip_prefix(root) {
@@ -563,7 +562,7 @@ impl Store {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(store_error(prefix, e)),
+                Err(e) => return Err(StoreError::new(prefix, e)),
             },
             Self::S3 { client, bucket, .. } => {
                 let full = self.s3_key(prefix);
@@ -603,15 +602,15 @@ impl Store {
             Self::Local { root } => tokio::fs::copy(Self::under_root(root, key)?, local)
                 .await
                 .map(|_| ())
-                .map_err(|e| store_error(key, e)),
+                .map_err(|e| StoreError::new(key, e)),
             Self::S3 { .. } => {
                 let bytes = self
                     .get(key)
                     .await?
-                    .ok_or_else(|| store_error(key, "no such object"))?;
+                    .ok_or_else(|| StoreError::new(key, "no such object"))?;
                 tokio::fs::write(local, bytes)
                     .await
-                    .map_err(|e| store_error(key, e))
+                    .map_err(|e| StoreError::new(key, e))
             }
         }
     }
@@ -619,8 +618,8 @@ impl Store {
 
 fn write_atomically(root: &Path, key: &str, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let temp = Store::local_tmp(root, key)?;
-    std::fs::write(&temp, bytes).map_err(|e| store_error(key, e))?;
-    std::fs::rename(&temp, target).map_err(|e| store_error(key, e))
+    std::fs::write(&temp, bytes).map_err(|e| StoreError::new(key, e))?;
+    std::fs::rename(&temp, target).map_err(|e| StoreError::new(key, e))
 }
 
 /// An advisory lock (flock) on `<root>/_state/.cas.lock`, held while a local compare-and-swap
@@ -665,12 +664,12 @@ async fn multipart(
     let upload = create.send().await.map_err(|e| sdk_error(key, e))?;
     let upload_id = upload
         .upload_id()
-        .ok_or_else(|| store_error(key, "CreateMultipartUpload returned no upload id"))?
+        .ok_or_else(|| StoreError::new(key, "CreateMultipartUpload returned no upload id"))?
         .to_owned();
     let result = async {
         let mut file = tokio::fs::File::open(local)
             .await
-            .map_err(|e| store_error(key, e))?;
+            .map_err(|e| StoreError::new(key, e))?;
         let mut parts = Vec::new();
         let mut number = 1;
         loop {
@@ -679,7 +678,7 @@ async fn multipart(
                 .take(part_bytes)
                 .read_to_end(&mut buffer)
                 .await
-                .map_err(|e| store_error(key, e))?;
+                .map_err(|e| StoreError::new(key, e))?;
             if buffer.is_empty() {
                 break;
             }
