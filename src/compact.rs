@@ -14,20 +14,29 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use tracing::info;
 
+use std::sync::Arc;
+
+use crate::config::ValidatedConfig;
+use crate::error::RunError;
+use crate::pipeline::lock::{open_store, with_lock, WorkDir};
+use crate::pipeline::RunOptions;
 use crate::sink::lake::{partitions, read_files};
 use crate::sink::parquet::writer_properties;
 use crate::sink::store::Store;
 use crate::state::crash_point;
 use crate::state::journal::{self, Copy, Journal, PublishError};
+use crate::table::Table;
 
-/// Tables compaction knows, with the time column rows are sorted by after account and region.
-pub const TABLES: [(&str, &str); 5] = [
-    ("findings", "updated_at"),
-    ("runs", "started_at"),
-    ("schema_drift", "first_seen"),
-    ("cloudtrail_events", "event_time"),
-    ("finding_events", "finding_updated_at"),
-];
+/// The time column a table's rows are sorted by, after account and region.
+const fn time_column(table: Table) -> &'static str {
+    match table {
+        Table::Findings => "updated_at",
+        Table::Runs => "started_at",
+        Table::SchemaDrift => "first_seen",
+        Table::CloudtrailEvents => "event_time",
+        Table::FindingEvents => "finding_updated_at",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -113,8 +122,59 @@ fn write_rolled(
     Ok(out)
 }
 
+/// `guardlake compact`: under the lake's lock, after recovery. Only the lake is touched: no
+/// AWS call at all for a local one, S3 alone for a bucket.
+pub async fn run(
+    config: ValidatedConfig,
+    options: RunOptions,
+    table: Option<String>,
+    dt: Option<NaiveDate>,
+) -> Result<Vec<Merged>, RunError> {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let s3 = || async {
+        crate::aws::s3_client(
+            &crate::aws::base_config(&config).await,
+            options.s3_path_style,
+        )
+    };
+    let store = Arc::new(open_store(&config, s3).await);
+    with_lock(&store, &run_id, config.lock_lease_secs, |_lock| async {
+        let work_dir = WorkDir::create(&config, &run_id)?;
+        let today = chrono::Utc::now().date_naive();
+        let merged = merge(
+            &store,
+            &run_id,
+            &work_dir.0,
+            table.as_deref(),
+            dt,
+            config.target_file_bytes,
+            today,
+        )
+        .await;
+        merged.map_err(|e| RunError::Publish(e.to_string()))
+    })
+    .await
+}
+
+/// `run --compact`: closed partitions of every table, once a run has published.
+pub async fn after_run(
+    store: &Store,
+    run_id: &str,
+    work_dir: &Path,
+    target_bytes: u64,
+) -> Result<(), RunError> {
+    let today = chrono::Utc::now().date_naive();
+    let merged = merge(store, run_id, work_dir, None, None, target_bytes, today)
+        .await
+        .map_err(|e| RunError::Publish(e.to_string()))?;
+    for m in merged {
+        info!(table = %m.table, dt = %m.dt, files_before = m.files_before, files_after = m.files_after, "Compacted.");
+    }
+    Ok(())
+}
+
 /// Compacts closed partitions (or the one named) of one table or of every table.
-pub async fn compact(
+pub async fn merge(
     store: &Store,
     run_id: &str,
     work_dir: &Path,
@@ -123,15 +183,16 @@ pub async fn compact(
     target_bytes: u64,
     today: NaiveDate,
 ) -> Result<Vec<Merged>, CompactError> {
-    let tables: Vec<(&str, &str)> = match table {
-        None => TABLES.to_vec(),
-        Some(name) => vec![*TABLES
-            .iter()
-            .find(|(t, _)| *t == name)
-            .ok_or_else(|| CompactError::UnknownTable(name.to_owned()))?],
-    };
+    let tables: Vec<Table> =
+        match table {
+            None => Table::ALL.to_vec(),
+            Some(name) => vec![Table::from_name(name)
+                .ok_or_else(|| CompactError::UnknownTable(name.to_owned()))?],
+        };
     let mut merged = Vec::new();
-    for (table, time_column) in tables {
+    for table in tables {
+        let time_column = time_column(table);
+        let table = table.name();
         for (part_dt, files) in partitions(store, table).await.map_err(PublishError::from)? {
             let Ok(date) = NaiveDate::parse_from_str(&part_dt, "%Y-%m-%d") else {
                 continue;

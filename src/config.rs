@@ -4,13 +4,38 @@
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// GuardDuty keeps findings for 90 days: a longer first-run lookback finds nothing more.
 pub const MAX_LOOKBACK_DAYS: u32 = 90;
 
+/// The documented default watch-list: trail and detector tampering, new credentials, policy
+/// changes, root and console sign-in, public exposure, key deletion.
+pub const DEFAULT_WATCHLIST: [&str; 20] = [
+    "StopLogging",
+    "DeleteTrail",
+    "UpdateTrail",
+    "PutEventSelectors",
+    "DeleteDetector",
+    "UpdateDetector",
+    "DisassociateFromAdministratorAccount",
+    "DeleteMembers",
+    "CreateAccessKey",
+    "CreateUser",
+    "AttachUserPolicy",
+    "PutUserPolicy",
+    "PutRolePolicy",
+    "ConsoleLogin",
+    "PutBucketPolicy",
+    "PutBucketAcl",
+    "DeletePublicAccessBlock",
+    "AuthorizeSecurityGroupIngress",
+    "ScheduleKeyDeletion",
+    "DisableKey",
+];
+
 /// How findings are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Assume the role in each member account and read its detector in each region.
@@ -29,7 +54,7 @@ impl Mode {
 }
 
 /// Whether and how CloudTrail events are collected next to the findings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CloudTrailMode {
     /// No CloudTrail events.
@@ -42,79 +67,134 @@ pub enum CloudTrailMode {
 }
 
 /// The config file. Every key is optional; flags and environment variables win over it.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the lake goes: `file://DIR`, a plain directory, or `s3://bucket/prefix`. Default `./lake`.
+    /// Lake location: file://DIR, a directory, or s3://bucket/prefix [default: ./lake].
+    #[arg(long, env = "GUARDLAKE_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
-    /// KMS key id or ARN for SSE-KMS on every object written to S3 (default: the bucket's encryption).
+    /// KMS key id/ARN for SSE-KMS on S3 objects (S3 output only).
+    #[arg(long, env = "GUARDLAKE_SSE_KMS_KEY_ID", value_name = "KEY")]
     pub sse_kms_key_id: Option<String>,
-    /// Regions to cover: a list, or `["enabled"]` for every region each account has enabled.
+    /// Regions, comma-separated, or `enabled` for each account's enabled regions [default: enabled].
+    #[arg(
+        long,
+        env = "GUARDLAKE_REGIONS",
+        value_delimiter = ',',
+        value_name = "r1,r2|enabled"
+    )]
     pub regions: Option<Vec<String>>,
-    /// Account ids to cover instead of discovering the organization's accounts.
+    /// Static account list instead of Organizations discovery.
+    #[arg(
+        long,
+        env = "GUARDLAKE_ACCOUNTS",
+        value_delimiter = ',',
+        value_name = "ID,ID"
+    )]
     pub accounts: Option<Vec<String>>,
-    /// Account ids never to cover.
+    /// Accounts never to cover.
+    #[arg(
+        long,
+        env = "GUARDLAKE_EXCLUDE_ACCOUNTS",
+        value_delimiter = ',',
+        value_name = "ID,ID"
+    )]
     pub exclude_accounts: Option<Vec<String>>,
-    /// Only accounts under these OUs (or roots), nested OUs included.
+    /// Only accounts under these OUs or roots (nested OUs followed).
+    #[arg(
+        long,
+        env = "GUARDLAKE_INCLUDE_OUS",
+        value_delimiter = ',',
+        value_name = "OU,OU"
+    )]
     pub include_ous: Option<Vec<String>>,
-    /// No accounts under these OUs, nested OUs included.
+    /// Skip accounts under these OUs (nested OUs followed).
+    #[arg(
+        long,
+        env = "GUARDLAKE_EXCLUDE_OUS",
+        value_delimiter = ',',
+        value_name = "OU,OU"
+    )]
     pub exclude_ous: Option<Vec<String>>,
-    /// Name of the read-only role in each member account. Default `GuardlakeReadOnly`.
+    /// Read-only role name in each member account [default: GuardlakeReadOnly].
+    #[arg(long, env = "GUARDLAKE_ROLE_NAME")]
     pub role_name: Option<String>,
-    /// Role ARN template instead of `role_name`, e.g. `arn:aws:iam::{account_id}:role/sec/Reader`.
+    /// Role ARN template instead of --role-name, with {account_id}.
+    #[arg(long, env = "GUARDLAKE_ROLE_ARN_TEMPLATE", value_name = "ARN")]
     pub role_arn_template: Option<String>,
-    /// External id the member role's trust policy requires.
+    /// External id required by the member role's trust policy.
+    #[arg(long, env = "GUARDLAKE_EXTERNAL_ID")]
     pub external_id: Option<String>,
     /// Secrets Manager secret (ARN or name) holding the external id, read once at start: keeps
-    /// the id out of the function's environment.
+    /// it out of the environment (the deployed stack uses this).
+    #[arg(long, env = "GUARDLAKE_EXTERNAL_ID_SECRET", value_name = "ARN")]
     pub external_id_secret: Option<String>,
     /// Only these accounts of the ones the configuration covers (a Lambda payload's narrowing);
     /// not a file or command-line option.
     #[serde(skip)]
+    #[arg(skip)]
     pub only_accounts: Option<Vec<String>>,
-    /// `member` (default) or `delegated-admin`.
+    /// member: a role per account; delegated-admin: one chain per region in the admin account [default: member].
+    #[arg(long, env = "GUARDLAKE_MODE", value_enum)]
     pub mode: Option<Mode>,
-    /// The GuardDuty delegated administrator account (delegated-admin mode). Default: the caller's.
+    /// GuardDuty delegated administrator account (delegated-admin mode) [default: the caller's account].
+    #[arg(long, env = "GUARDLAKE_ADMIN_ACCOUNT", value_name = "ID")]
     pub admin_account: Option<String>,
-    /// Days of history the first run of a target pulls (1-90). Default 30.
+    /// Days of history a target's first run pulls, 1-90 [default: 30].
+    #[arg(long, env = "GUARDLAKE_LOOKBACK_DAYS", value_name = "N")]
     pub lookback_days: Option<u32>,
-    /// Seconds before the last watermark that each run re-reads, to catch late updates. Default 1800.
+    /// Seconds before the last watermark re-read on each run [default: 1800].
+    #[arg(long, env = "GUARDLAKE_OVERLAP_SECS", value_name = "SECS")]
     pub overlap_secs: Option<u64>,
-    /// Targets collected at once. Default 8.
+    /// Targets collected at once [default: 8].
+    #[arg(long, env = "GUARDLAKE_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<NonZeroUsize>,
-    /// Print the plan and stop.
+    /// Print the plan (targets, windows, skipped accounts and why) and stop.
+    #[arg(long, env = "GUARDLAKE_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::FalseyValueParser::new())]
     pub dry_run: Option<bool>,
-    /// Region for STS, Organizations and account calls. Default: the SDK's region, else us-east-1.
+    /// Region for STS, Organizations and account calls [default: the SDK region, else us-east-1].
+    #[arg(long, env = "GUARDLAKE_HOME_REGION", value_name = "REGION")]
     pub home_region: Option<String>,
-    /// Attempts per AWS call, the first included, with the SDK's exponential backoff. Default 6.
+    /// Attempts per AWS call, first included, with exponential backoff [default: 6].
+    #[arg(long, env = "GUARDLAKE_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
-    /// Parquet files are rolled near this size, in bytes. Default 128 MiB.
+    /// Roll Parquet files near this many bytes [default: 134217728].
+    #[arg(long, env = "GUARDLAKE_TARGET_FILE_BYTES", value_name = "BYTES")]
     pub target_file_bytes: Option<u64>,
-    /// Rows buffered in memory before they are sorted and encoded, in bytes: 1 MiB to 1 GiB.
-    /// Default 32 MiB.
+    /// Encode buffered rows once they hold this many bytes, 1 MiB to 1 GiB [default: 33554432].
+    #[arg(long, env = "GUARDLAKE_FLUSH_BYTES", value_name = "BYTES")]
     pub flush_bytes: Option<u64>,
-    /// Local scratch directory for Parquet files before upload. Default: the system temp dir.
+    /// Scratch directory for Parquet files before upload [default: the system temp dir].
+    #[arg(long, env = "GUARDLAKE_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Lease of the run lock in seconds, renewed every third of it; a crashed run's lock
-    /// expires after it. Default 900.
+    /// Lease of the lake's run lock, seconds; a crashed run's lock expires after it [default: 900].
+    #[arg(long, env = "GUARDLAKE_LOCK_LEASE_SECS", value_name = "SECS")]
     pub lock_lease_secs: Option<u64>,
-    /// `off` (default), `lookup` or `org-trail`: CloudTrail events behind findings and on the watch-list.
+    /// CloudTrail events: off; lookup (LookupEvents behind findings, plus the watch-list); org-trail (the organization trail's S3 objects) [default: off].
+    #[arg(long, env = "GUARDLAKE_CLOUDTRAIL", value_enum)]
     pub cloudtrail: Option<CloudTrailMode>,
-    /// Event names kept from every account and region (looked up in lookup mode, matched in
-    /// org-trail mode). Default: the 20 names
-    /// of `sources::cloudtrail::DEFAULT_WATCHLIST` (see the README).
+    /// Event names pulled from every account and region in lookup mode [default: 20 names, see README].
+    #[arg(
+        long,
+        env = "GUARDLAKE_WATCHLIST",
+        value_delimiter = ',',
+        value_name = "NAME,NAME"
+    )]
     pub watchlist: Option<Vec<String>>,
-    /// Seconds added before eventFirstSeen and after eventLastSeen of a finding when looking
-    /// up its events. Default 900.
+    /// Seconds of padding around a finding's first/last seen times for its lookups [default: 900].
+    #[arg(long, env = "GUARDLAKE_LOOKUP_PAD_SECS", value_name = "SECS")]
     pub lookup_pad_secs: Option<u64>,
     /// Org-trail mode: the bucket the organization trail delivers to.
+    #[arg(long, env = "GUARDLAKE_TRAIL_BUCKET", value_name = "BUCKET")]
     pub trail_bucket: Option<String>,
-    /// Org-trail mode: the trail's S3 key prefix (before `AWSLogs/`), if any.
+    /// Org-trail mode: the trail's key prefix before AWSLogs/.
+    #[arg(long, env = "GUARDLAKE_TRAIL_PREFIX", value_name = "PREFIX")]
     pub trail_prefix: Option<String>,
-    /// Org-trail mode: a local copy of the trail (a directory holding `AWSLogs/`) instead of S3.
+    /// Org-trail mode: read a local copy of the trail (a directory holding AWSLogs/) instead of S3.
+    #[arg(long, env = "GUARDLAKE_TRAIL_DIR", value_name = "DIR")]
     pub trail_dir: Option<PathBuf>,
-    /// Org-trail mode: the organization id in the object keys (`o-…`). Default: Organizations
-    /// DescribeOrganization.
+    /// Org-trail mode: the o-… id in the object keys [default: Organizations DescribeOrganization].
+    #[arg(long, env = "GUARDLAKE_TRAIL_ORG_ID", value_name = "ID")]
     pub trail_org_id: Option<String>,
 }
 
@@ -235,48 +315,84 @@ impl Config {
         })
     }
 
-    /// Keys set in `other` replace those here (flags and env over the file).
+    /// Keys set in `other` replace those here (flags and env over the file). Works on the
+    /// keys' serialized form, so a new option needs no line here; list items are trimmed and
+    /// empty ones dropped (`--regions "us-east-1, eu-west-1,"`).
     pub fn overridden_by(self, other: Config) -> Config {
-        macro_rules! pick {
-            ($($field:ident),*) => { Config { $($field: other.$field.or(self.$field)),* } };
+        let only_accounts = other.only_accounts.clone().or(self.only_accounts.clone());
+        let layer = |config: Config| match serde_json::to_value(config) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut merged = layer(self);
+        for (key, value) in layer(other) {
+            if !value.is_null() {
+                merged.insert(key, value);
+            }
         }
-        pick!(
-            output,
-            sse_kms_key_id,
-            regions,
-            accounts,
-            exclude_accounts,
-            include_ous,
-            exclude_ous,
-            role_name,
-            role_arn_template,
-            external_id,
-            external_id_secret,
-            only_accounts,
-            mode,
-            admin_account,
-            lookback_days,
-            overlap_secs,
-            concurrency,
-            dry_run,
-            home_region,
-            max_attempts,
-            target_file_bytes,
-            flush_bytes,
-            work_dir,
-            lock_lease_secs,
-            cloudtrail,
-            watchlist,
-            lookup_pad_secs,
-            trail_bucket,
-            trail_prefix,
-            trail_dir,
-            trail_org_id
-        )
+        for value in merged.values_mut() {
+            if let serde_json::Value::Array(items) = value {
+                items.retain_mut(|item| match item {
+                    serde_json::Value::String(s) => {
+                        *s = s.trim().to_owned();
+                        !s.is_empty()
+                    }
+                    _ => true,
+                });
+            }
+        }
+        let mut config: Config = serde_json::from_value(serde_json::Value::Object(merged))
+            .expect("a merge of two configs is a config");
+        config.only_accounts = only_accounts;
+        config
     }
 
     pub fn validate(self) -> Result<ValidatedConfig, ConfigError> {
-        let output = parse_output(self.output.as_deref().unwrap_or("./lake"))?;
+        let (output, regions) = self.places()?;
+        self.check_accounts()?;
+        let role = role(self.role_arn_template.clone(), self.role_name.clone())?;
+        self.check_secrets()?;
+        let numbers = self.numbers()?;
+        let watchlist = self.watchlist()?;
+        let (cloudtrail, trail) = self.trail()?;
+        let mode = self.mode.unwrap_or(Mode::Member);
+        Ok(ValidatedConfig {
+            trail,
+            trail_org_id: self.trail_org_id,
+            cloudtrail,
+            watchlist,
+            lookup_pad_secs: numbers.lookup_pad_secs as i64,
+            lock_lease_secs: numbers.lock_lease_secs,
+            output,
+            sse_kms_key_id: self.sse_kms_key_id,
+            regions,
+            accounts: self.accounts.map(dedup),
+            exclude_accounts: self.exclude_accounts.unwrap_or_default(),
+            include_ous: self.include_ous.unwrap_or_default(),
+            exclude_ous: self.exclude_ous.unwrap_or_default(),
+            role,
+            external_id: self.external_id,
+            external_id_secret: self.external_id_secret,
+            only_accounts: self.only_accounts.map(dedup),
+            mode,
+            admin_account: self.admin_account,
+            lookback_secs: i64::from(numbers.lookback_days) * 86_400,
+            overlap_secs: numbers.overlap_secs as i64,
+            concurrency: self
+                .concurrency
+                .unwrap_or(NonZeroUsize::new(DEFAULT_CONCURRENCY).unwrap_or(NonZeroUsize::MIN)),
+            dry_run: self.dry_run.unwrap_or(false),
+            home_region: self.home_region,
+            max_attempts: numbers.max_attempts,
+            target_file_bytes: numbers.target_file_bytes,
+            flush_bytes: numbers.flush_bytes,
+            work_dir: self.work_dir.unwrap_or_else(std::env::temp_dir),
+        })
+    }
+
+    /// Where the lake goes, and which regions are covered.
+    fn places(&self) -> Result<(Output, Regions), ConfigError> {
+        let output = parse_output(self.output.as_deref().unwrap_or(DEFAULT_OUTPUT))?;
         if self.sse_kms_key_id.is_some() && matches!(output, Output::Local(_)) {
             return Err(invalid(
                 "sse_kms_key_id",
@@ -285,7 +401,7 @@ impl Config {
                 "set `output` to s3://bucket/prefix or drop the key",
             ));
         }
-        let regions = match self.regions {
+        let regions = match self.regions.clone() {
             None => Regions::Enabled,
             Some(list) if list.len() == 1 && list[0] == "enabled" => Regions::Enabled,
             Some(list) if list.is_empty() => {
@@ -320,6 +436,11 @@ impl Config {
                 ));
             }
         }
+        Ok((output, regions))
+    }
+
+    /// Account ids, OU ids, and how the account filters combine.
+    fn check_accounts(&self) -> Result<(), ConfigError> {
         for (key, flag, ids) in [
             (
                 "accounts",
@@ -378,39 +499,29 @@ impl Config {
                 "drop `accounts` to discover accounts, or drop the OU filters",
             ));
         }
-        let role = match (self.role_arn_template, self.role_name) {
-            (Some(_), Some(_)) => {
+        if let Some(only) = &self.only_accounts {
+            if let Some(bad) = only.iter().find(|a| !is_account_id(a)) {
                 return Err(invalid(
-                    "role_arn_template",
-                    "--role-arn-template",
-                    "both a role name and a role ARN template are set",
-                    "set only one of them",
-                ))
+                    "accounts",
+                    "payload accounts",
+                    format!("{bad:?} is not a 12-digit account id"),
+                    "name accounts by their 12-digit ids",
+                ));
             }
-            (Some(template), None) => {
-                if !template.contains("{account_id}") || !template.starts_with("arn:") {
-                    return Err(invalid(
-                        "role_arn_template",
-                        "--role-arn-template",
-                        format!("{template:?} has no {{account_id}} placeholder or is not an ARN"),
-                        "use e.g. arn:aws:iam::{account_id}:role/GuardlakeReadOnly",
-                    ));
-                }
-                RoleSpec::ArnTemplate(template)
-            }
-            (None, name) => {
-                let name = name.unwrap_or_else(|| "GuardlakeReadOnly".to_owned());
-                if !is_role_name(&name) {
-                    return Err(invalid(
-                        "role_name",
-                        "--role-name",
-                        format!("{name:?} is not a role name"),
-                        "use the role's name (1-64 letters, digits or +=,.@_-), or a role ARN template for a role with a path",
-                    ));
-                }
-                RoleSpec::Name(name)
-            }
-        };
+        }
+        if self.mode.unwrap_or(Mode::Member) == Mode::Member && self.admin_account.is_some() {
+            return Err(invalid(
+                "admin_account",
+                "--admin-account",
+                "set in member mode",
+                "use --mode delegated-admin with it, or drop it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The external id, or the secret that holds it: one of them, well formed.
+    fn check_secrets(&self) -> Result<(), ConfigError> {
         if let Some(secret) = &self.external_id_secret {
             if self.external_id.is_some() {
                 return Err(invalid(
@@ -429,16 +540,6 @@ impl Config {
                 ));
             }
         }
-        if let Some(only) = &self.only_accounts {
-            if let Some(bad) = only.iter().find(|a| !is_account_id(a)) {
-                return Err(invalid(
-                    "accounts",
-                    "payload accounts",
-                    format!("{bad:?} is not a 12-digit account id"),
-                    "name accounts by their 12-digit ids",
-                ));
-            }
-        }
         if let Some(external_id) = &self.external_id {
             if !(2..=1224).contains(&external_id.len()) {
                 return Err(invalid(
@@ -449,75 +550,84 @@ impl Config {
                 ));
             }
         }
-        let lookback_days = self.lookback_days.unwrap_or(30);
-        if lookback_days == 0 || lookback_days > MAX_LOOKBACK_DAYS {
-            return Err(invalid(
-                "lookback_days",
-                "--lookback-days",
-                format!("{lookback_days} is outside 1-{MAX_LOOKBACK_DAYS}"),
-                "GuardDuty keeps findings for 90 days; use 1 to 90",
-            ));
-        }
-        let mode = self.mode.unwrap_or(Mode::Member);
-        if mode == Mode::Member && self.admin_account.is_some() {
-            return Err(invalid(
-                "admin_account",
-                "--admin-account",
-                "set in member mode",
-                "use --mode delegated-admin with it, or drop it",
-            ));
-        }
-        let overlap_secs = self.overlap_secs.unwrap_or(1800);
-        if overlap_secs > 86_400 {
-            return Err(invalid(
-                "overlap_secs",
-                "--overlap-secs",
-                format!("{overlap_secs} is over a day"),
-                "use 0 to 86400 seconds",
-            ));
-        }
-        let max_attempts = self.max_attempts.unwrap_or(6);
-        if !(1..=20).contains(&max_attempts) {
-            return Err(invalid(
-                "max_attempts",
-                "--max-attempts",
-                format!("{max_attempts} is outside 1-20"),
-                "use a value from 1 to 20",
-            ));
-        }
-        let target_file_bytes = self.target_file_bytes.unwrap_or(128 << 20);
-        if target_file_bytes < (1 << 20) {
-            return Err(invalid(
-                "target_file_bytes",
-                "--target-file-bytes",
-                "under 1 MiB",
-                "Athena prefers files of 64-512 MiB; use at least 1048576",
-            ));
-        }
+        Ok(())
+    }
+
+    /// The numeric options, defaults applied, each inside its range.
+    fn numbers(&self) -> Result<Numbers, ConfigError> {
+        let lookback_days = self.lookback_days.unwrap_or(DEFAULT_LOOKBACK_DAYS);
+        in_range(
+            ("lookback_days", "--lookback-days"),
+            lookback_days,
+            1,
+            MAX_LOOKBACK_DAYS,
+            "GuardDuty keeps findings for 90 days; use 1 to 90",
+        )?;
+        let overlap_secs = self.overlap_secs.unwrap_or(DEFAULT_OVERLAP_SECS);
+        in_range(
+            ("overlap_secs", "--overlap-secs"),
+            overlap_secs,
+            0,
+            86_400,
+            "use 0 to 86400 seconds (at most a day)",
+        )?;
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        in_range(
+            ("max_attempts", "--max-attempts"),
+            max_attempts,
+            1,
+            20,
+            "use a value from 1 to 20",
+        )?;
+        let target_file_bytes = self.target_file_bytes.unwrap_or(DEFAULT_TARGET_FILE_BYTES);
+        in_range(
+            ("target_file_bytes", "--target-file-bytes"),
+            target_file_bytes,
+            1 << 20,
+            u64::MAX,
+            "Athena prefers files of 64-512 MiB; use at least 1048576",
+        )?;
         let flush_bytes = self.flush_bytes.unwrap_or(DEFAULT_FLUSH_BYTES);
-        if !(MIN_FLUSH_BYTES..=MAX_FLUSH_BYTES).contains(&flush_bytes) {
-            return Err(invalid(
-                "flush_bytes",
-                "--flush-bytes",
-                format!("{flush_bytes} is outside {MIN_FLUSH_BYTES}-{MAX_FLUSH_BYTES}"),
-                "rows buffered before encoding; the default (33554432) keeps a run under 256 MiB",
-            ));
-        }
-        let lock_lease_secs = self.lock_lease_secs.unwrap_or(900);
-        if !(1..=86_400).contains(&lock_lease_secs) {
-            return Err(invalid(
-                "lock_lease_secs",
-                "--lock-lease-secs",
-                format!("{lock_lease_secs} is outside 1-86400"),
-                "use a lease longer than a run's publish step, e.g. 900",
-            ));
-        }
-        let watchlist = self.watchlist.unwrap_or_else(|| {
-            crate::sources::cloudtrail::DEFAULT_WATCHLIST
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        });
+        in_range(
+            ("flush_bytes", "--flush-bytes"),
+            flush_bytes,
+            MIN_FLUSH_BYTES,
+            MAX_FLUSH_BYTES,
+            "rows buffered before encoding; the default (33554432) keeps a run under 256 MiB",
+        )?;
+        let lock_lease_secs = self.lock_lease_secs.unwrap_or(DEFAULT_LOCK_LEASE_SECS);
+        in_range(
+            ("lock_lease_secs", "--lock-lease-secs"),
+            lock_lease_secs,
+            1,
+            86_400,
+            "use a lease longer than a run's publish step, e.g. 900",
+        )?;
+        let lookup_pad_secs = self.lookup_pad_secs.unwrap_or(DEFAULT_LOOKUP_PAD_SECS);
+        in_range(
+            ("lookup_pad_secs", "--lookup-pad-secs"),
+            lookup_pad_secs,
+            0,
+            86_400,
+            "use 0 to 86400 seconds (at most a day)",
+        )?;
+        Ok(Numbers {
+            lookback_days,
+            overlap_secs,
+            max_attempts,
+            target_file_bytes,
+            flush_bytes,
+            lock_lease_secs,
+            lookup_pad_secs,
+        })
+    }
+
+    /// The watch-list (default [`DEFAULT_WATCHLIST`]): CloudTrail event names.
+    fn watchlist(&self) -> Result<Vec<String>, ConfigError> {
+        let watchlist = self
+            .watchlist
+            .clone()
+            .unwrap_or_else(|| DEFAULT_WATCHLIST.iter().map(|s| (*s).to_owned()).collect());
         if let Some(bad) = watchlist
             .iter()
             .find(|name| name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -529,17 +639,13 @@ impl Config {
                 "use CloudTrail event names such as StopLogging,CreateAccessKey",
             ));
         }
-        let lookup_pad_secs = self.lookup_pad_secs.unwrap_or(900);
-        if lookup_pad_secs > 86_400 {
-            return Err(invalid(
-                "lookup_pad_secs",
-                "--lookup-pad-secs",
-                format!("{lookup_pad_secs} is over a day"),
-                "use 0 to 86400 seconds",
-            ));
-        }
+        Ok(watchlist)
+    }
+
+    /// The CloudTrail mode and where an organization trail is read from.
+    fn trail(&self) -> Result<(CloudTrailMode, Option<TrailSource>), ConfigError> {
         let cloudtrail = self.cloudtrail.unwrap_or(CloudTrailMode::Off);
-        let trail = match (self.trail_bucket, self.trail_dir) {
+        let trail = match (self.trail_bucket.clone(), self.trail_dir.clone()) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "trail_dir",
@@ -557,7 +663,7 @@ impl Config {
                         "use the bucket's name alone (3-63 lowercase letters, digits, '-' or '.'); put a key prefix in --trail-prefix",
                     ));
                 }
-                let prefix = self.trail_prefix.unwrap_or_default();
+                let prefix = self.trail_prefix.clone().unwrap_or_default();
                 let prefix = prefix.trim_matches('/');
                 if !is_key_prefix(prefix) {
                     return Err(invalid(
@@ -588,39 +694,65 @@ impl Config {
                 ));
             }
         }
-        Ok(ValidatedConfig {
-            trail,
-            trail_org_id: self.trail_org_id,
-            cloudtrail,
-            watchlist,
-            lookup_pad_secs: lookup_pad_secs as i64,
-            lock_lease_secs,
-            output,
-            sse_kms_key_id: self.sse_kms_key_id,
-            regions,
-            accounts: self.accounts.map(dedup),
-            exclude_accounts: self.exclude_accounts.unwrap_or_default(),
-            include_ous: self.include_ous.unwrap_or_default(),
-            exclude_ous: self.exclude_ous.unwrap_or_default(),
-            role,
-            external_id: self.external_id,
-            external_id_secret: self.external_id_secret,
-            only_accounts: self.only_accounts.map(dedup),
-            mode,
-            admin_account: self.admin_account,
-            lookback_secs: i64::from(lookback_days) * 86_400,
-            overlap_secs: overlap_secs as i64,
-            concurrency: self
-                .concurrency
-                .unwrap_or(NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN)),
-            dry_run: self.dry_run.unwrap_or(false),
-            home_region: self.home_region,
-            max_attempts,
-            target_file_bytes,
-            flush_bytes,
-            work_dir: self.work_dir.unwrap_or_else(std::env::temp_dir),
-        })
+        Ok((cloudtrail, trail))
     }
+}
+
+/// The member role: a name (default [`DEFAULT_ROLE_NAME`]) or an ARN template, not both.
+fn role(template: Option<String>, name: Option<String>) -> Result<RoleSpec, ConfigError> {
+    let role = match (template, name) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "role_arn_template",
+                "--role-arn-template",
+                "both a role name and a role ARN template are set",
+                "set only one of them",
+            ))
+        }
+        (Some(template), None) => {
+            if !template.contains("{account_id}") || !template.starts_with("arn:") {
+                return Err(invalid(
+                    "role_arn_template",
+                    "--role-arn-template",
+                    format!("{template:?} has no {{account_id}} placeholder or is not an ARN"),
+                    "use e.g. arn:aws:iam::{account_id}:role/GuardlakeReadOnly",
+                ));
+            }
+            RoleSpec::ArnTemplate(template)
+        }
+        (None, name) => {
+            let name = name.unwrap_or_else(|| DEFAULT_ROLE_NAME.to_owned());
+            if !is_role_name(&name) {
+                return Err(invalid(
+                        "role_name",
+                        "--role-name",
+                        format!("{name:?} is not a role name"),
+                        "use the role's name (1-64 letters, digits or +=,.@_-), or a role ARN template for a role with a path",
+                    ));
+            }
+            RoleSpec::Name(name)
+        }
+    };
+    Ok(role)
+}
+
+/// `value` inside `lo..=hi`, or an error naming the key, its flag and the range.
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    (key, flag): (&'static str, &'static str),
+    value: T,
+    lo: T,
+    hi: T,
+    fix: &str,
+) -> Result<T, ConfigError> {
+    if value < lo || value > hi {
+        let problem = if hi < value {
+            format!("{value} is over {hi}")
+        } else {
+            format!("{value} is under {lo}")
+        };
+        return Err(invalid(key, flag, problem, fix));
+    }
+    Ok(value)
 }
 
 fn dedup(mut items: Vec<String>) -> Vec<String> {
@@ -629,9 +761,29 @@ fn dedup(mut items: Vec<String>) -> Vec<String> {
     items
 }
 
+/// The numeric options of a config, checked.
+struct Numbers {
+    lookback_days: u32,
+    overlap_secs: u64,
+    max_attempts: u32,
+    target_file_bytes: u64,
+    flush_bytes: u64,
+    lock_lease_secs: u64,
+    lookup_pad_secs: u64,
+}
+
 /// Rows buffered before they are sorted and encoded (`flush_bytes`): 32 MiB keeps a run over
 /// millions of records under 256 MiB resident.
 pub const DEFAULT_FLUSH_BYTES: u64 = 32 << 20;
+pub const DEFAULT_OUTPUT: &str = "./lake";
+pub const DEFAULT_ROLE_NAME: &str = "GuardlakeReadOnly";
+pub const DEFAULT_LOOKBACK_DAYS: u32 = 30;
+pub const DEFAULT_OVERLAP_SECS: u64 = 1800;
+pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
+pub const DEFAULT_LOCK_LEASE_SECS: u64 = 900;
+pub const DEFAULT_LOOKUP_PAD_SECS: u64 = 900;
 pub const MIN_FLUSH_BYTES: u64 = 1 << 20;
 pub const MAX_FLUSH_BYTES: u64 = 1 << 30;
 
@@ -753,6 +905,44 @@ pub fn is_account_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_states_the_defaults_a_run_uses() {
+        let command = <Config as clap::Args>::augment_args(clap::Command::new("run"));
+        let help = |id: &str| {
+            command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        for (id, default) in [
+            ("output", DEFAULT_OUTPUT.to_owned()),
+            ("role_name", DEFAULT_ROLE_NAME.to_owned()),
+            ("lookback_days", DEFAULT_LOOKBACK_DAYS.to_string()),
+            ("overlap_secs", DEFAULT_OVERLAP_SECS.to_string()),
+            ("concurrency", DEFAULT_CONCURRENCY.to_string()),
+            ("max_attempts", DEFAULT_MAX_ATTEMPTS.to_string()),
+            ("target_file_bytes", DEFAULT_TARGET_FILE_BYTES.to_string()),
+            ("flush_bytes", DEFAULT_FLUSH_BYTES.to_string()),
+            ("lock_lease_secs", DEFAULT_LOCK_LEASE_SECS.to_string()),
+            ("lookup_pad_secs", DEFAULT_LOOKUP_PAD_SECS.to_string()),
+        ] {
+            let text = help(id);
+            assert!(
+                text.contains(&format!("[default: {default}]")),
+                "--{id}: {text}"
+            );
+        }
+        let validated = Config::default().validate().unwrap();
+        assert_eq!(
+            validated.lookback_secs,
+            i64::from(DEFAULT_LOOKBACK_DAYS) * 86_400
+        );
+        assert_eq!(validated.concurrency.get(), DEFAULT_CONCURRENCY);
+        assert_eq!(validated.lock_lease_secs, DEFAULT_LOCK_LEASE_SECS);
+    }
 
     fn error_of(config: Config) -> String {
         config.validate().unwrap_err().to_string()

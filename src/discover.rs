@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_organizations::types::ChildType;
 
 use crate::aws::Aws;
-use crate::config::{Regions, ValidatedConfig};
+use crate::config::{ConfigError, Regions, ValidatedConfig};
 use crate::error::{classify, TargetFailure};
 
 /// ListAccounts' documented maximum page size.
@@ -191,5 +191,66 @@ pub async fn regions(
             regions.sort();
             Ok(regions)
         }
+    }
+}
+
+/// An invocation's accounts: a subset of those the configuration covers (the organization's,
+/// after its filters), never one more; an account it names that is not there is refused.
+pub fn narrow(accounts: &mut Accounts, only: &[String]) -> Result<(), ConfigError> {
+    let known = |id: &String| {
+        accounts.active.contains(id) || accounts.skipped.iter().any(|s| &s.account_id == id)
+    };
+    let unknown: Vec<&str> = only
+        .iter()
+        .filter(|id| !known(id))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "accounts",
+            flag: "payload accounts",
+            problem: format!(
+                "{} not among the accounts the configuration covers",
+                unknown.join(", ")
+            ),
+            fix: "an invocation may only narrow the configured accounts".into(),
+        });
+    }
+    accounts.active.retain(|id| only.contains(id));
+    accounts.skipped.retain(|s| only.contains(&s.account_id));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invocation_narrows_the_discovered_accounts_and_never_adds_one() {
+        let discovered = || Accounts {
+            active: vec!["111111111111".into(), "222222222222".into()],
+            skipped: vec![Skipped {
+                account_id: "333333333333".into(),
+                reason: "account state is SUSPENDED".into(),
+            }],
+        };
+        let mut accounts = discovered();
+        narrow(
+            &mut accounts,
+            &["222222222222".into(), "333333333333".into()],
+        )
+        .unwrap();
+        assert_eq!(accounts.active, ["222222222222"]);
+        assert_eq!(accounts.skipped.len(), 1, "a skipped account stays skipped");
+        let mut accounts = discovered();
+        let err = narrow(&mut accounts, &["999999999999".into()]).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "accounts",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("999999999999"), "{err}");
     }
 }

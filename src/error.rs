@@ -4,6 +4,8 @@ use aws_sdk_sts::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
+pub use crate::sink::store::http_code;
+
 /// How a target (account × region × source) ended. Written to the `runs` table as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TargetStatus {
@@ -171,12 +173,6 @@ where
     }
 }
 
-/// The code of an answer that carried none: its HTTP status (`HTTP 503`). API errors and S3
-/// store errors are named the same way.
-pub fn http_code(status: u16) -> String {
-    format!("HTTP {status}")
-}
-
 /// An error and its sources, each by its `Display`, joined by `: ` (a source whose text the
 /// previous one already holds is left out): no `Debug` dumps.
 pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
@@ -224,6 +220,27 @@ pub enum RunError {
     /// The journal was committed (the data is published) but a later step failed.
     #[error("published; finishing deferred to the next run: {0}")]
     Deferred(String),
+}
+
+impl From<crate::sink::store::StoreError> for RunError {
+    fn from(e: crate::sink::store::StoreError) -> Self {
+        Self::Store {
+            key: e.key,
+            message: e.message,
+        }
+    }
+}
+
+impl From<crate::sink::store::PutError> for RunError {
+    fn from(e: crate::sink::store::PutError) -> Self {
+        match e {
+            crate::sink::store::PutError::Store(e) => e.into(),
+            conflict => Self::Store {
+                key: String::new(),
+                message: conflict.to_string(),
+            },
+        }
+    }
 }
 
 impl RunError {

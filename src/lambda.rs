@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ValidatedConfig};
+use crate::pipeline::{Backfill, RunOptions};
 use crate::report::TargetOutcome;
-use crate::run::{Backfill, RunOptions};
+use crate::table::SourceName;
 
 /// What a scheduled event may carry. Every member is optional; an empty payload runs as configured.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -96,7 +97,7 @@ impl Payload {
 
 pub fn summarize(outcomes: &[TargetOutcome], published: bool, duration_ms: u64) -> Summary {
     let ok = outcomes.iter().filter(|o| o.failure.is_none()).count();
-    let written = |source: &str| {
+    let written = |source: SourceName| {
         outcomes
             .iter()
             .filter(|o| o.source == source)
@@ -107,8 +108,8 @@ pub fn summarize(outcomes: &[TargetOutcome], published: bool, duration_ms: u64) 
         targets: outcomes.len(),
         targets_ok: ok,
         targets_failed: outcomes.len() - ok,
-        findings_written: written("guardduty"),
-        events_written: written("cloudtrail"),
+        findings_written: written(SourceName::GuardDuty),
+        events_written: written(SourceName::CloudTrail),
         published,
         duration_ms,
     }

@@ -7,15 +7,19 @@
 
 pub mod aws;
 pub mod cli;
+pub mod clock;
 pub mod compact;
 pub mod config;
+pub mod crash;
 pub mod discover;
 pub mod error;
 pub mod lambda;
 pub mod logs;
 pub mod normalize;
+pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod sink;
 pub mod sources;
 pub mod state;
+pub mod table;

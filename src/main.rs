@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use clap::Parser;
-use guardlake::cli::{Cli, Command};
+use guardlake::cli::{Cli, Command, CompactArgs, RunArgs};
 use guardlake::config::{Config, ValidatedConfig};
 use guardlake::error::{exit_code, RunError};
 use guardlake::run::{Backfill, RunOptions};
@@ -112,7 +112,7 @@ fn serve_lambda() -> ! {
         );
         std::process::exit(exit_code::CONFIG);
     };
-    let base = merged_config(args.config.as_deref(), args.as_config());
+    let base = merged_config(args.config.as_deref(), args.options.clone());
     // Fail the cold start, not every invocation, when the configuration is wrong.
     validated(base.clone());
     let runtime = async_runtime();
@@ -149,62 +149,68 @@ fn main() {
     let runtime = async_runtime();
     let code = match cli.command {
         Command::Schema(args) => print_schema(&args),
-        Command::Run(args) => {
-            let config = load_config(args.config.as_deref(), args.as_config());
-            let backfill = match (args.since, args.until) {
-                (Some(since), Some(until)) if since < until => Some(Backfill {
-                    since_ms: since.timestamp_millis(),
-                    until_ms: until.timestamp_millis(),
-                }),
-                (Some(_), Some(_)) => {
-                    eprintln!("error: invalid `--since`/`--until`: --since must be before --until");
-                    std::process::exit(exit_code::CONFIG);
-                }
-                _ => None,
-            };
-            let options = RunOptions {
-                s3_path_style: args.s3.path_style(),
-                backfill,
-                compact: args.compact,
-                quiet: false,
-            };
-            match runtime.block_on(guardlake::run::run(config, options)) {
-                Ok(result) if result.all_ok() => exit_code::OK,
-                Ok(_) => exit_code::PARTIAL,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    exit_for(&err)
-                }
-            }
-        }
-        Command::Compact(args) => {
-            let config = load_config(args.config.as_deref(), args.as_config());
-            let options = RunOptions {
-                s3_path_style: args.s3.path_style(),
-                ..RunOptions::default()
-            };
-            match runtime.block_on(guardlake::run::compact(
-                config,
-                options,
-                args.table.clone(),
-                args.dt,
-            )) {
-                Ok(merged) => {
-                    println!("Compacted {} partition(s).", merged.len());
-                    for m in merged {
-                        println!(
-                            "  {} dt={}: {} files -> {} ({} rows)",
-                            m.table, m.dt, m.files_before, m.files_after, m.rows
-                        );
-                    }
-                    exit_code::OK
-                }
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    exit_for(&err)
-                }
-            }
-        }
+        Command::Run(args) => run_command(&args, &runtime),
+        Command::Compact(args) => compact_command(&args, &runtime),
     };
     std::process::exit(code);
+}
+
+/// `guardlake run`: its exit code.
+fn run_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let config = load_config(args.config.as_deref(), args.options.clone());
+    let backfill = match (args.since, args.until) {
+        (Some(since), Some(until)) if since < until => Some(Backfill {
+            since_ms: since.timestamp_millis(),
+            until_ms: until.timestamp_millis(),
+        }),
+        (Some(_), Some(_)) => {
+            eprintln!("error: invalid `--since`/`--until`: --since must be before --until");
+            std::process::exit(exit_code::CONFIG);
+        }
+        _ => None,
+    };
+    let options = RunOptions {
+        s3_path_style: args.s3.path_style(),
+        backfill,
+        compact: args.compact,
+        quiet: false,
+    };
+    match runtime.block_on(guardlake::run::run(config, options)) {
+        Ok(result) if result.all_ok() => exit_code::OK,
+        Ok(_) => exit_code::PARTIAL,
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_for(&err)
+        }
+    }
+}
+
+/// `guardlake compact`: its exit code.
+fn compact_command(args: &CompactArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let config = load_config(args.config.as_deref(), args.as_config());
+    let options = RunOptions {
+        s3_path_style: args.s3.path_style(),
+        ..RunOptions::default()
+    };
+    match runtime.block_on(guardlake::compact::run(
+        config,
+        options,
+        args.table.clone(),
+        args.dt,
+    )) {
+        Ok(merged) => {
+            println!("Compacted {} partition(s).", merged.len());
+            for m in merged {
+                println!(
+                    "  {} dt={}: {} files -> {} ({} rows)",
+                    m.table, m.dt, m.files_before, m.files_after, m.rows
+                );
+            }
+            exit_code::OK
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_for(&err)
+        }
+    }
 }

@@ -12,13 +12,14 @@ use crate::discover::Skipped;
 use crate::error::{TargetFailure, TargetStatus};
 use crate::normalize::drift::{DriftEntry, DriftKey};
 use crate::normalize::schema;
+use crate::table::SourceName;
 
 /// How one target went.
 #[derive(Debug, Clone)]
 pub struct TargetOutcome {
     pub account_id: String,
     pub region: String,
-    pub source: &'static str,
+    pub source: SourceName,
     pub mode: &'static str,
     pub failure: Option<TargetFailure>,
     pub findings_read: u64,
@@ -35,7 +36,7 @@ impl TargetOutcome {
     pub fn failed(
         account_id: &str,
         region: &str,
-        source: &'static str,
+        source: SourceName,
         mode: &'static str,
         failure: TargetFailure,
         started_at_ms: i64,
@@ -86,7 +87,7 @@ pub fn runs_batch(run_id: &str, outcomes: &[TargetOutcome]) -> Result<RecordBatc
             "run_id" => strings(&|_| Some(run_id.to_owned())),
             "account_id" => strings(&|o| Some(o.account_id.clone())),
             "region" => strings(&|o| Some(o.region.clone())),
-            "source" => strings(&|o| Some(o.source.to_owned())),
+            "source" => strings(&|o| Some(o.source.as_str().to_owned())),
             "mode" => strings(&|o| Some(o.mode.to_owned())),
             "status" => strings(&|o| Some(o.status().as_str().to_owned())),
             "findings_read" => longs(&|o| o.findings_read as i64),
@@ -206,12 +207,12 @@ pub fn summary(
         .iter()
         .map(|(s, n)| format!("{n} {}", s.as_str()))
         .collect();
-    let sum = |source: &str, f: fn(&TargetOutcome) -> u64| -> u64 {
+    let sum = |source: SourceName, f: fn(&TargetOutcome) -> u64| -> u64 {
         outcomes.iter().filter(|o| o.source == source).map(f).sum()
     };
-    let read = sum("guardduty", |o| o.findings_read);
-    let written = sum("guardduty", |o| o.findings_written);
-    let quarantined = sum("guardduty", |o| o.findings_quarantined);
+    let read = sum(SourceName::GuardDuty, |o| o.findings_read);
+    let written = sum(SourceName::GuardDuty, |o| o.findings_written);
+    let quarantined = sum(SourceName::GuardDuty, |o| o.findings_quarantined);
     let mut out = String::new();
     let _ = writeln!(out, "guardlake run {run_id} finished in {seconds:.1} s");
     let _ = writeln!(
@@ -231,13 +232,13 @@ pub fn summary(
         "  findings: {read} read, {written} new versions written, {} already published, {quarantined} quarantined",
         totals.duplicates_skipped
     );
-    if outcomes.iter().any(|o| o.source == "cloudtrail") {
+    if outcomes.iter().any(|o| o.source == SourceName::CloudTrail) {
         let _ = writeln!(
             out,
             "  cloudtrail: {} events read, {} new written, {} quarantined",
-            sum("cloudtrail", |o| o.findings_read),
-            sum("cloudtrail", |o| o.findings_written),
-            sum("cloudtrail", |o| o.findings_quarantined)
+            sum(SourceName::CloudTrail, |o| o.findings_read),
+            sum(SourceName::CloudTrail, |o| o.findings_written),
+            sum(SourceName::CloudTrail, |o| o.findings_quarantined)
         );
     }
     if totals.drift_new > 0 {
@@ -281,7 +282,7 @@ mod tests {
         TargetOutcome {
             account_id: "111122223333".into(),
             region: "eu-west-1".into(),
-            source: "guardduty",
+            source: SourceName::GuardDuty,
             mode: "member",
             failure: status.map(|s| TargetFailure::new(s, "AccessDenied", "no")),
             findings_read: 3,

@@ -19,7 +19,11 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::io::AsyncReadExt;
 use tracing::warn;
 
-use crate::error::http_code;
+/// The code of an answer that carried none: its HTTP status (`HTTP 503`). API errors and S3
+/// store errors are named the same way.
+pub fn http_code(status: u16) -> String {
+    format!("HTTP {status}")
+}
 
 /// Default multipart threshold and part size: uploads above it use multipart, in parts of it.
 /// S3 parts must be 5 MiB to 5 GiB (all but the last).
@@ -698,7 +702,7 @@ async fn multipart(
                     .set_e_tag(part.e_tag().map(str::to_owned))
                     .build(),
             );
-            crate::state::crash_point(crate::state::CrashPoint::MidMultipart);
+            crate::crash::crash_point(crate::crash::CrashPoint::MidMultipart);
             number += 1;
         }
         let completed = client

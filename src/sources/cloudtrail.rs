@@ -29,31 +29,6 @@ pub const RETENTION_MS: i64 = 90 * 86_400_000;
 /// for network jitter between the client's clock and the service's.
 pub const CALL_PERIOD: Duration = Duration::from_millis(550);
 
-/// The documented default watch-list: trail and detector tampering, new credentials, policy
-/// changes, root and console sign-in, public exposure, key deletion.
-pub const DEFAULT_WATCHLIST: [&str; 20] = [
-    "StopLogging",
-    "DeleteTrail",
-    "UpdateTrail",
-    "PutEventSelectors",
-    "DeleteDetector",
-    "UpdateDetector",
-    "DisassociateFromAdministratorAccount",
-    "DeleteMembers",
-    "CreateAccessKey",
-    "CreateUser",
-    "AttachUserPolicy",
-    "PutUserPolicy",
-    "PutRolePolicy",
-    "ConsoleLogin",
-    "PutBucketPolicy",
-    "PutBucketAcl",
-    "DeletePublicAccessBlock",
-    "AuthorizeSecurityGroupIngress",
-    "ScheduleKeyDeletion",
-    "DisableKey",
-];
-
 /// Error codes of denied calls. A record is kept as denied when its errorCode is one of these,
 /// or ends in `AccessDenied` / `AccessDeniedException` (`VpceAccessDenied`,
 /// `KMS.AccessDeniedException`, …), or when it is a failed console sign-in (`ConsoleLogin`
@@ -133,7 +108,7 @@ pub struct AccountState {
     /// Org-trail mode: per `<log type>/<region>` (`CloudTrail/eu-west-1`), where the next
     /// listing starts and the keys read after it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub cursors: BTreeMap<String, crate::sources::orgtrail::Cursor>,
+    pub cursors: BTreeMap<String, Cursor>,
     /// Org-trail state of earlier versions (keys read per region); read once into `cursors`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objects: BTreeMap<String, Vec<String>>,
@@ -142,6 +117,18 @@ pub struct AccountState {
 /// The state object of an account; `source` is `cloudtrail` (lookup) or `orgtrail`.
 pub fn state_key(source: &str, account_id: &str) -> String {
     format!("_state/{source}/{account_id}.json")
+}
+
+/// Where the next listing of one log prefix starts (S3 `StartAfter`), and the keys already read
+/// that sort after it, so that none is read twice. Keys are named by delivery time
+/// (`YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHmmZ>_<random>.json.gz`), so an
+/// object delivered late is a new key after those read: listing from shortly before the last
+/// key read finds it, and costs what was delivered since, not the days covered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub start_after: String,
+    pub recent: Vec<String>,
 }
 
 /// A record that could not be used, kept whole with the reason.

@@ -193,14 +193,70 @@ pub async fn detector_id(client: &aws_sdk_guardduty::Client) -> Result<String, T
     Ok(id)
 }
 
-/// Pulls every finding updated inside `window`, handing each GetFindings page to `on_page`.
-pub async fn collect_findings(
-    client: &aws_sdk_guardduty::Client,
-    detector_id: &str,
+/// The findings of a detector updated inside a window, a GetFindings page at a time, oldest
+/// update first: ListFindings pages are read as their ids are used up.
+pub struct Pages<'a> {
+    client: &'a aws_sdk_guardduty::Client,
+    detector_id: &'a str,
     window: Window,
-    mut on_page: impl FnMut(Vec<RawFinding>) -> Result<(), TargetFailure>,
-) -> Result<(), TargetFailure> {
-    let criteria = FindingCriteria::builder()
+    /// The next ListFindings page (None: the first; Some("") : none left).
+    token: Option<String>,
+    listed: std::collections::VecDeque<String>,
+}
+
+impl<'a> Pages<'a> {
+    pub fn new(
+        client: &'a aws_sdk_guardduty::Client,
+        detector_id: &'a str,
+        window: Window,
+    ) -> Self {
+        Self {
+            client,
+            detector_id,
+            window,
+            token: None,
+            listed: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next page of findings (at most [`PAGE_SIZE`]), or None when the window is read.
+    pub async fn next(&mut self) -> Result<Option<Vec<RawFinding>>, TargetFailure> {
+        loop {
+            if !self.listed.is_empty() {
+                let n = self.listed.len().min(PAGE_SIZE as usize);
+                let ids: Vec<String> = self.listed.drain(..n).collect();
+                return get_findings(self.client, self.detector_id, &ids)
+                    .await
+                    .map(Some);
+            }
+            if self.token.as_deref() == Some("") {
+                return Ok(None);
+            }
+            let page = self
+                .client
+                .list_findings()
+                .detector_id(self.detector_id)
+                .finding_criteria(criteria(self.window))
+                .sort_criteria(
+                    SortCriteria::builder()
+                        .attribute_name("updatedAt")
+                        .order_by(OrderBy::Asc)
+                        .build(),
+                )
+                .max_results(PAGE_SIZE)
+                .set_next_token(self.token.take())
+                .send()
+                .await
+                .map_err(|e| classify("guardduty:ListFindings", &e))?;
+            self.listed.extend(page.finding_ids().iter().cloned());
+            self.token = Some(page.next_token().unwrap_or_default().to_owned());
+        }
+    }
+}
+
+/// `updatedAt` inside the window.
+fn criteria(window: Window) -> FindingCriteria {
+    FindingCriteria::builder()
         .criterion(
             "updatedAt",
             Condition::builder()
@@ -208,32 +264,7 @@ pub async fn collect_findings(
                 .less_than(window.end_ms)
                 .build(),
         )
-        .build();
-    let sort = SortCriteria::builder()
-        .attribute_name("updatedAt")
-        .order_by(OrderBy::Asc)
-        .build();
-    let mut pages = client
-        .list_findings()
-        .detector_id(detector_id)
-        .finding_criteria(criteria)
-        .sort_criteria(sort)
-        .max_results(PAGE_SIZE)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages
-        .try_next()
-        .await
-        .map_err(|e| classify("guardduty:ListFindings", &e))?
-    {
-        for ids in page.finding_ids().chunks(PAGE_SIZE as usize) {
-            if ids.is_empty() {
-                continue;
-            }
-            on_page(get_findings(client, detector_id, ids).await?)?;
-        }
-    }
-    Ok(())
+        .build()
 }
 
 /// One GetFindings call; an answer over [`MAX_BODY_BYTES`] is asked for again one id at a

@@ -15,10 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::cloudtrail::{
-    admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation,
+    admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation, Cursor,
     EventIds, GLOBAL_REGION, GLOBAL_SOURCES,
 };
 use crate::error::{classify_store, TargetFailure, TargetStatus};
@@ -284,18 +283,6 @@ const INSIGHT: &str = "CloudTrail-Insight";
 /// `AWSLogs/<org>/<account>/<kind>/<region>/`, under which keys are `YYYY/MM/DD/<name>`.
 pub fn log_prefix(org_id: &str, account_id: &str, kind: &str, region: &str) -> String {
     format!("AWSLogs/{org_id}/{account_id}/{kind}/{region}/")
-}
-
-/// Where the next listing of one log prefix starts (S3 `StartAfter`), and the keys already read
-/// that sort after it, so that none is read twice. Keys are named by delivery time
-/// (`YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHmmZ>_<random>.json.gz`), so an
-/// object delivered late is a new key after those read: listing from shortly before the last
-/// key read finds it, and costs what was delivered since, not the days covered.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cursor {
-    pub start_after: String,
-    pub recent: Vec<String>,
 }
 
 impl Cursor {

@@ -1,0 +1,668 @@
+//! The GuardDuty source: a target (a chain) is a detector in an account and region. Each
+//! finding read is written, skipped as a version the lake has, or quarantined with its text;
+//! new versions carry the keys that CloudTrail correlation looks up, and unknown shapes are
+//! recorded as schema drift.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::Value;
+use tracing::{info, info_span, warn};
+
+use super::writer::{self, RowSink, Writer};
+use super::{Collected, Run, Source};
+use crate::clock::{day_of, iso, now_ms};
+use crate::config::Mode;
+use crate::error::{TargetFailure, TargetStatus};
+use crate::normalize::drift::DriftLog;
+use crate::normalize::guardduty::{normalize, FindingVersion, RunStamp};
+use crate::report::TargetOutcome;
+use crate::sink::parquet::FindingsWriter;
+use crate::sink::spill::Spill;
+use crate::sources::cloudtrail::Correlation;
+use crate::sources::guardduty::{self as gd, RawFinding, Window};
+use crate::state::{self, crash_point, CrashPoint, Watermark};
+use crate::table::{SourceName, Table};
+
+/// One chain of calls: a detector in an account and region. In member mode it covers its own
+/// account; in delegated-admin mode it covers every member in `members`.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub account_id: String,
+    pub region: String,
+    pub members: Option<Arc<HashSet<String>>>,
+}
+
+impl Chain {
+    /// The accounts whose findings this chain reads, sorted.
+    fn accounts(&self) -> Vec<String> {
+        let mut list: Vec<String> = match &self.members {
+            Some(members) => members.iter().cloned().collect(),
+            None => vec![self.account_id.clone()],
+        };
+        list.sort();
+        list
+    }
+}
+
+/// The chains of a run, and the targets that failed while planning them (region discovery).
+pub async fn targets(run: &Run<'_>, active: &[String]) -> (Vec<Chain>, Vec<TargetOutcome>) {
+    let (aws, config) = (run.aws, run.config);
+    let failed = |account_id: &str, failure: TargetFailure| {
+        TargetOutcome::failed(
+            account_id,
+            "*",
+            SourceName::GuardDuty,
+            run.mode(),
+            failure,
+            run.run_start_ms,
+        )
+    };
+    let mut chains = Vec::new();
+    let mut failures = Vec::new();
+    match config.mode {
+        Mode::Member => {
+            for account_id in active {
+                match crate::discover::regions(aws, config, account_id).await {
+                    Ok(regions) => chains.extend(regions.into_iter().map(|region| Chain {
+                        account_id: account_id.clone(),
+                        region,
+                        members: None,
+                    })),
+                    Err(failure) => failures.push(failed(account_id, failure)),
+                }
+            }
+        }
+        Mode::DelegatedAdmin => {
+            let admin = config
+                .admin_account
+                .clone()
+                .unwrap_or_else(|| aws.home_account.clone());
+            let members: Arc<HashSet<String>> = Arc::new(active.iter().cloned().collect());
+            match crate::discover::regions(aws, config, &admin).await {
+                Ok(regions) => chains.extend(regions.into_iter().map(|region| Chain {
+                    account_id: admin.clone(),
+                    region,
+                    members: Some(members.clone()),
+                })),
+                Err(failure) => failures.extend(active.iter().map(|a| failed(a, failure.clone()))),
+            }
+        }
+    }
+    (chains, failures)
+}
+
+/// Account → the regions its findings were read in (members × regions in delegated-admin mode).
+pub fn covered(chains: &[Chain]) -> BTreeMap<String, Vec<String>> {
+    let mut covered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for chain in chains {
+        for account in chain.accounts() {
+            covered
+                .entry(account)
+                .or_default()
+                .push(chain.region.clone());
+        }
+    }
+    covered
+}
+
+/// A finding that could not be used, kept whole under `_quarantine/` (its text, unless it was
+/// over the size limit).
+#[derive(Debug, serde::Serialize)]
+struct Quarantined<'a> {
+    account_id: &'a str,
+    region: &'a str,
+    finding_id: Option<&'a str>,
+    reason: &'a str,
+    raw: &'a str,
+    raw_bytes: usize,
+}
+
+/// The GuardDuty source of one run, shared by its chains.
+pub struct Findings<'a> {
+    run: &'a Run<'a>,
+    rows: RowSink<FindingVersion>,
+    /// Quarantined findings, written to the work directory as they come.
+    quarantine: Mutex<Spill>,
+    /// Every account of the organization (covered or not): a finding of one of them seen
+    /// through another account's detector is passed over; any other account id is quarantined.
+    known_accounts: HashSet<String>,
+    /// Versions the lake already has (backfills): (account_id, region, id, updated_at ms).
+    existing: HashSet<(String, String, String, i64)>,
+    drift: Mutex<DriftLog>,
+    /// New finding versions whose CloudTrail events are looked up.
+    correlations: Mutex<Vec<Correlation>>,
+    duplicates: AtomicU64,
+}
+
+/// What the GuardDuty source hands to the publish once every chain is collected.
+pub struct FindingsOutput {
+    /// Local files and the lake keys they are published under.
+    pub files: Vec<(PathBuf, String)>,
+    pub correlations: Vec<Correlation>,
+    pub drift: DriftLog,
+    pub duplicates: u64,
+}
+
+/// Counts of one account within a chain.
+#[derive(Default)]
+struct Counts {
+    read: u64,
+    written: u64,
+    quarantined: u64,
+}
+
+/// What one chain has seen so far.
+struct Tally {
+    counts: HashMap<String, Counts>,
+    published: HashSet<(String, i64)>,
+    seen: HashSet<(String, i64)>,
+    new_versions: Vec<(String, i64)>,
+    duplicates: u64,
+    passed_over: u64,
+}
+
+/// What is known of a finding that cannot be used.
+struct Bad<'a> {
+    finding_id: Option<&'a str>,
+    reason: &'a str,
+    raw: &'a str,
+    raw_bytes: usize,
+}
+
+impl<'a> Findings<'a> {
+    /// The source and its findings writer (one task, fed through a bounded channel).
+    pub async fn new(
+        run: &'a Run<'a>,
+        known_accounts: HashSet<String>,
+    ) -> Result<(Findings<'a>, Writer), crate::error::RunError> {
+        // A backfill skips the versions the lake already has in the window's partitions.
+        let existing = match run.options.backfill {
+            Some(window) => crate::sink::lake::existing_versions(
+                run.store,
+                run.work_dir,
+                day_of(window.since_ms),
+                day_of(window.until_ms),
+            )
+            .await
+            .map_err(crate::error::RunError::Encode)?,
+            None => HashSet::new(),
+        };
+        let stamp = RunStamp {
+            run_id: run.run_id.to_owned(),
+            collected_at_ms: run.run_start_ms,
+        };
+        let (rows, writer) = writer::spawn(FindingsWriter::new(
+            run.work_dir.to_owned(),
+            stamp,
+            run.config.flush_bytes,
+            run.config.target_file_bytes,
+        ));
+        let source = Findings {
+            run,
+            rows,
+            quarantine: Mutex::new(Spill::new(run.work_dir.join("quarantine.jsonl"))),
+            known_accounts,
+            existing,
+            drift: Mutex::new(DriftLog::default()),
+            correlations: Mutex::new(Vec::new()),
+            duplicates: AtomicU64::new(0),
+        };
+        Ok((source, writer))
+    }
+
+    /// Closes the writer and the quarantine: the files to publish, and what CloudTrail and the
+    /// drift report need.
+    pub async fn finish(self, writer: Writer) -> Result<FindingsOutput, crate::error::RunError> {
+        let Findings {
+            rows,
+            quarantine,
+            drift,
+            correlations,
+            duplicates,
+            run,
+            ..
+        } = self;
+        drop(rows);
+        let encoded = writer.finish().await?;
+        crash_point(CrashPoint::AfterEncode);
+        let mut files: Vec<(PathBuf, String)> = encoded
+            .into_iter()
+            .map(|f| (f.path, Table::Findings.key(f.dt, &f.name)))
+            .collect();
+        let spilled = quarantine
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish()
+            .map_err(crate::error::RunError::from)?;
+        if let Some((path, count)) = spilled {
+            let key =
+                crate::table::quarantine_key("findings", day_of(run.run_start_ms), run.run_id);
+            warn!(count, key = %run.store.uri(&key), "Quarantined findings.");
+            files.push((path, key));
+        }
+        Ok(FindingsOutput {
+            files,
+            correlations: correlations.into_inner().unwrap_or_else(|p| p.into_inner()),
+            drift: drift.into_inner().unwrap_or_else(|p| p.into_inner()),
+            duplicates: duplicates.into_inner(),
+        })
+    }
+
+    /// The checkpoint after a chain: advanced past its window when it completed; held at its
+    /// start, remembering what it published, when it failed partway; none in a backfill.
+    fn next_mark(
+        &self,
+        mark: Watermark,
+        window: Window,
+        failure: bool,
+        new: Vec<(String, i64)>,
+    ) -> Option<Watermark> {
+        let overlap_ms = self.run.config.overlap_secs * 1000;
+        match () {
+            _ if self.run.options.backfill.is_some() => None,
+            _ if !failure => Some(mark.advance(window.end_ms, overlap_ms, new)),
+            _ if !new.is_empty() => Some(mark.hold(window.start_ms, overlap_ms, new)),
+            _ => None,
+        }
+    }
+
+    /// Reads a chain's window, handing each finding to [`Findings::take`].
+    async fn read(
+        &self,
+        chain: &Chain,
+        window: Window,
+        tally: &mut Tally,
+    ) -> Result<(), TargetFailure> {
+        let aws = self.run.aws;
+        let sdk = aws.account_config(&chain.account_id).await?;
+        let client = aws.guardduty(&sdk, &chain.region);
+        let detector = gd::detector_id(&client).await?;
+        let mut pages = gd::Pages::new(&client, &detector, window);
+        while let Some(page) = pages.next().await? {
+            for finding in page {
+                self.take(chain, finding, tally).await?;
+            }
+            crash_point(CrashPoint::MidPage);
+        }
+        Ok(())
+    }
+
+    /// One finding: quarantined, passed over, skipped as a duplicate, or sent to the writer.
+    async fn take(
+        &self,
+        chain: &Chain,
+        finding: RawFinding,
+        tally: &mut Tally,
+    ) -> Result<(), TargetFailure> {
+        let value = match &finding.value {
+            Ok(value) => value,
+            Err(reason) => {
+                return self.reject(chain, &chain.account_id, None, reason, &finding, tally)
+            }
+        };
+        let id = value.get("id").and_then(Value::as_str);
+        let account_id = value.get("accountId").and_then(Value::as_str).unwrap_or("");
+        let owner = match self.owner(chain, value, account_id) {
+            Ownership::Ours => account_id,
+            Ownership::OtherTarget => {
+                tally.passed_over += 1;
+                return Ok(());
+            }
+            Ownership::Wrong { owner, reason } => {
+                let owner = if owner {
+                    account_id
+                } else {
+                    chain.account_id.as_str()
+                };
+                warn!(finding_id = id.unwrap_or("?"), reason = %reason, "Quarantined a finding that does not belong to its target.");
+                return self.reject(chain, owner, id, &reason, &finding, tally);
+            }
+        };
+        tally.counts.entry(owner.to_owned()).or_default().read += 1;
+        self.drift.lock().unwrap_or_else(|p| p.into_inner()).record(
+            value,
+            owner,
+            &chain.region,
+            now_ms(),
+        );
+        // The text joins the row only once it is good: a bad one is quarantined as received.
+        let mut row = match normalize(value, String::new()) {
+            Ok(row) => row,
+            Err(reason) => {
+                let reason = reason.to_string();
+                warn!(finding_id = id.unwrap_or("?"), reason = %reason, "Quarantined a malformed finding.");
+                tally.counts.entry(owner.to_owned()).or_default().read -= 1;
+                return self.reject(chain, owner, id, &reason, &finding, tally);
+            }
+        };
+        let key = (row.id.clone(), row.updated_at_ms);
+        let in_lake = !self.existing.is_empty()
+            && self.existing.contains(&(
+                row.account_id.clone(),
+                row.region.clone(),
+                row.id.clone(),
+                row.updated_at_ms,
+            ));
+        if in_lake || tally.published.contains(&key) || !tally.seen.insert(key.clone()) {
+            tally.duplicates += 1;
+            return Ok(());
+        }
+        tally.counts.entry(owner.to_owned()).or_default().written += 1;
+        tally.new_versions.push(key);
+        if let Some(correlation) = correlation(&row) {
+            self.correlations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(correlation);
+        }
+        row.raw = finding.raw;
+        self.rows.send(row).await
+    }
+
+    /// Whether a finding belongs to this chain. A delegated administrator's detector also
+    /// lists its members' findings: in member mode those belong to the members' own chains,
+    /// and in delegated-admin mode only the accounts this run covers count.
+    fn owner(&self, chain: &Chain, value: &Value, account_id: &str) -> Ownership {
+        let covered = match &chain.members {
+            Some(members) => members.contains(account_id),
+            None => account_id == chain.account_id,
+        };
+        if !covered && self.known_accounts.contains(account_id) {
+            return Ownership::OtherTarget;
+        }
+        if !covered {
+            let reason = format!("accountId {account_id:?} is not an account of this target ({}) nor of the organization", chain.account_id);
+            return Ownership::Wrong {
+                owner: false,
+                reason,
+            };
+        }
+        match value.get("region").and_then(Value::as_str) {
+            Some(region) if region == chain.region => Ownership::Ours,
+            region => Ownership::Wrong {
+                owner: true,
+                reason: format!(
+                    "region {region:?} is not this target's region ({})",
+                    chain.region
+                ),
+            },
+        }
+    }
+
+    /// Counts a finding read and quarantined under `owner`, and keeps it.
+    fn reject(
+        &self,
+        chain: &Chain,
+        owner: &str,
+        finding_id: Option<&str>,
+        reason: &str,
+        finding: &RawFinding,
+        tally: &mut Tally,
+    ) -> Result<(), TargetFailure> {
+        let entry = tally.counts.entry(owner.to_owned()).or_default();
+        entry.read += 1;
+        entry.quarantined += 1;
+        let bad = Bad {
+            finding_id: finding_id.or(finding.requested_id.as_deref()),
+            reason,
+            raw: &finding.raw,
+            raw_bytes: finding.raw_bytes,
+        };
+        self.quarantine(chain, bad)
+    }
+
+    fn quarantine(&self, chain: &Chain, bad: Bad<'_>) -> Result<(), TargetFailure> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&Quarantined {
+                account_id: &chain.account_id,
+                region: &chain.region,
+                finding_id: bad.finding_id,
+                reason: bad.reason,
+                raw: bad.raw,
+                raw_bytes: bad.raw_bytes,
+            })
+            .map_err(|e| {
+                TargetFailure::new(
+                    TargetStatus::Error,
+                    "Quarantine",
+                    format!("writing the quarantine failed: {e}"),
+                )
+            })
+    }
+
+    /// A chain's `runs` rows: one per account it covers.
+    fn outcomes(
+        &self,
+        chain: &Chain,
+        window: Window,
+        failure: Option<TargetFailure>,
+        tally: &Tally,
+        started: (i64, Instant),
+    ) -> Vec<TargetOutcome> {
+        chain
+            .accounts()
+            .into_iter()
+            .map(|account_id| {
+                let counts = tally.counts.get(&account_id);
+                TargetOutcome {
+                    region: chain.region.clone(),
+                    source: SourceName::GuardDuty,
+                    mode: self.run.mode(),
+                    failure: failure.clone(),
+                    findings_read: counts.map_or(0, |c| c.read),
+                    findings_written: counts.map_or(0, |c| c.written),
+                    findings_quarantined: counts.map_or(0, |c| c.quarantined),
+                    window_start_ms: Some(window.start_ms),
+                    window_end_ms: Some(window.end_ms),
+                    started_at_ms: started.0,
+                    duration_ms: started.1.elapsed().as_millis() as i64,
+                    account_id,
+                }
+            })
+            .collect()
+    }
+}
+
+enum Ownership {
+    Ours,
+    /// Another covered account's finding, seen through an administrator's detector.
+    OtherTarget,
+    /// Quarantined; `owner` says whether it counts under the finding's account (else the chain's).
+    Wrong {
+        owner: bool,
+        reason: String,
+    },
+}
+
+/// The CloudTrail lookup keys of a new version, if it names a principal.
+fn correlation(row: &FindingVersion) -> Option<Correlation> {
+    if row.access_key_id.is_none() && row.user_name.is_none() {
+        return None;
+    }
+    Some(Correlation {
+        account_id: row.account_id.clone(),
+        region: row.region.clone(),
+        finding_id: row.id.clone(),
+        updated_at_ms: row.updated_at_ms,
+        access_key_id: row.access_key_id.clone(),
+        user_name: row.user_name.clone(),
+        api: row.api.clone(),
+        first_seen_ms: row.event_first_seen_ms.unwrap_or(row.created_at_ms),
+        last_seen_ms: row.event_last_seen_ms.unwrap_or(row.updated_at_ms),
+    })
+}
+
+/// A checkpoint in the future would make its target pull nothing, ever: pull from now.
+fn clamp(mut mark: Watermark, chain: &Chain, now_ms: i64) -> Watermark {
+    if mark.watermark_ms > now_ms {
+        warn!(account_id = %chain.account_id, region = %chain.region, watermark = %iso(mark.watermark_ms), "A checkpoint lies in the future; pulling from now instead.");
+        mark.watermark_ms = now_ms;
+    }
+    mark
+}
+
+impl Source for Findings<'_> {
+    type Target = Chain;
+    type State = Watermark;
+
+    fn name(&self) -> SourceName {
+        SourceName::GuardDuty
+    }
+
+    fn state_key(&self, chain: &Chain) -> String {
+        state::key(
+            SourceName::GuardDuty.as_str(),
+            &chain.account_id,
+            &chain.region,
+        )
+    }
+
+    fn cells(&self, chain: &Chain) -> Vec<(String, String)> {
+        chain
+            .accounts()
+            .into_iter()
+            .map(|a| (a, chain.region.clone()))
+            .collect()
+    }
+
+    fn span(&self, chain: &Chain) -> tracing::Span {
+        info_span!("target", account_id = %chain.account_id, region = %chain.region, source = SourceName::GuardDuty.as_str())
+    }
+
+    async fn collect(&self, chain: &Chain, mark: Watermark) -> Collected<Watermark> {
+        let started = (now_ms(), Instant::now());
+        let mark = clamp(mark, chain, self.run.run_start_ms);
+        let window = window(self.run, &mark);
+        let mut tally = Tally {
+            counts: HashMap::new(),
+            published: mark.published_set(),
+            seen: HashSet::new(),
+            new_versions: Vec::new(),
+            duplicates: 0,
+            passed_over: 0,
+        };
+        let failure = self.read(chain, window, &mut tally).await.err();
+        match &failure {
+            Some(f) => {
+                warn!(status = f.status.as_str(), class = %f.class, message = %f.message, "Target failed.")
+            }
+            None => info!(
+                rows = tally.new_versions.len(),
+                duplicates = tally.duplicates,
+                "Target collected."
+            ),
+        }
+        if tally.passed_over > 0 {
+            info!(findings = tally.passed_over, "Passed over findings of other organization accounts (this detector administers them; their own targets read them).");
+        }
+        self.duplicates
+            .fetch_add(tally.duplicates, Ordering::Relaxed);
+        let outcomes = self.outcomes(chain, window, failure.clone(), &tally, started);
+        let state = self.next_mark(
+            mark,
+            window,
+            failure.is_some(),
+            std::mem::take(&mut tally.new_versions),
+        );
+        Collected { outcomes, state }
+    }
+}
+
+/// The window a chain reads: a backfill's, else from the checkpoint less the overlap (a first
+/// run: the lookback), up to the run's start.
+pub fn window(run: &Run<'_>, mark: &Watermark) -> Window {
+    let config = run.config;
+    let end_ms = run.run_start_ms;
+    match run.options.backfill {
+        Some(b) => Window {
+            start_ms: b.since_ms,
+            end_ms: b.until_ms,
+        },
+        None if mark.watermark_ms > 0 => Window {
+            start_ms: mark.watermark_ms - config.overlap_secs * 1000,
+            end_ms,
+        },
+        None => Window {
+            start_ms: end_ms - config.lookback_secs * 1000,
+            end_ms,
+        },
+    }
+}
+
+/// A dry run's plan: each chain with the window it would read (its checkpoint is read, nothing
+/// is written), the skipped accounts, and the targets that fail already; those failures are
+/// returned too, for the exit code.
+pub async fn render_plan(
+    run: &Run<'_>,
+    chains: &[Chain],
+    skipped: &[crate::discover::Skipped],
+    mut failed: Vec<TargetOutcome>,
+) -> (String, Vec<TargetOutcome>) {
+    let mut out = format!(
+        "Plan ({} mode, {} chain(s)); nothing will be written.\n",
+        run.mode(),
+        chains.len()
+    );
+    for chain in chains {
+        let key = state::key(
+            SourceName::GuardDuty.as_str(),
+            &chain.account_id,
+            &chain.region,
+        );
+        let mark = match super::load_state::<Watermark>(run.store, &key).await {
+            Ok((mark, _)) => clamp(mark, chain, run.run_start_ms),
+            Err(failure) => {
+                failed.extend(chain.accounts().iter().map(|a| {
+                    TargetOutcome::failed(
+                        a,
+                        &chain.region,
+                        SourceName::GuardDuty,
+                        run.mode(),
+                        failure.clone(),
+                        run.run_start_ms,
+                    )
+                }));
+                continue;
+            }
+        };
+        let w = window(run, &mark);
+        let covers = chain
+            .members
+            .as_ref()
+            .map(|m| format!(" covering {} member account(s)", m.len()))
+            .unwrap_or_default();
+        let first = if mark.watermark_ms == 0 {
+            " (first run: lookback)"
+        } else {
+            ""
+        };
+        out += &format!(
+            "  {} {:<14} updatedAt [{}, {}){first}{covers}\n",
+            chain.account_id,
+            chain.region,
+            iso(w.start_ms),
+            iso(w.end_ms)
+        );
+    }
+    for skip in skipped {
+        out += &format!("  skip {}: {}\n", skip.account_id, skip.reason);
+    }
+    for outcome in &failed {
+        if let Some(f) = &outcome.failure {
+            out += &format!(
+                "  fail {} {}: {} ({})\n",
+                outcome.account_id,
+                outcome.region,
+                f.status.as_str(),
+                f.message
+            );
+        }
+    }
+    (out, failed)
+}
