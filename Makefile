@@ -57,9 +57,10 @@ emulator: $(VENV)/.installed ## Start the local AWS backend on 127.0.0.1:$(EMULA
 emulator-stop: ## Stop the local AWS backend on $(EMULATOR_PORT)
 	@EMULATOR_PORT=$(EMULATOR_PORT) PIDFILE=$(EMULATOR_PID) tests/emulator/stop.sh
 
-lint: ## cargo fmt --check and clippy -D warnings
+lint: ## cargo fmt --check, clippy -D warnings, and the shape rules of src/ (no import cycle, no function over 80 lines)
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 tests/code_shape.py
 
 test: venv lint build ## Every test: lint, Rust unit + integration tests, backend fidelity tests
 	@$(MAKE) --no-print-directory emulator

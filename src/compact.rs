@@ -173,6 +173,35 @@ pub async fn after_run(
     Ok(())
 }
 
+/// Stages the merged files of one partition and names their copies in the journal.
+async fn stage(
+    store: &Store,
+    journal: &mut Journal,
+    table: Table,
+    dt: &str,
+    written: &[(std::path::PathBuf, usize)],
+) -> Result<(), String> {
+    let staging = journal::staging_prefix(&journal.run_id);
+    for (path, _) in written {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = table.key(dt, &name);
+        let staged = format!("{staging}{key}");
+        store
+            .create_from_file(path, &staged)
+            .await
+            .map_err(|e| e.to_string())?;
+        journal.copies.push(Copy {
+            from: staged,
+            to: key,
+        });
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// Compacts closed partitions (or the one named) of one table or of every table.
 pub async fn merge(
     store: &Store,
@@ -191,7 +220,7 @@ pub async fn merge(
         };
     let mut merged = Vec::new();
     for table in tables {
-        let time_column = time_column(table);
+        let (kind, time_column) = (table, time_column(table));
         let table = table.name();
         for (part_dt, files) in partitions(store, table).await.map_err(PublishError::from)? {
             let Ok(date) = NaiveDate::parse_from_str(&part_dt, "%Y-%m-%d") else {
@@ -224,25 +253,9 @@ pub async fn merge(
                 deletes: keys.clone(),
                 ..Journal::default()
             };
-            for (path, _) in &written {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let staged = format!(
-                    "{}{table}/dt={part_dt}/{name}",
-                    journal::staging_prefix(&journal.run_id)
-                );
-                store
-                    .create_from_file(path, &staged)
-                    .await
-                    .map_err(|e| parquet_err(e.to_string()))?;
-                journal.copies.push(Copy {
-                    from: staged,
-                    to: format!("{table}/dt={part_dt}/{name}"),
-                });
-                let _ = std::fs::remove_file(path);
-            }
+            stage(store, &mut journal, kind, &part_dt, &written)
+                .await
+                .map_err(parquet_err)?;
             crash_point(crate::state::CrashPoint::CompactAfterStage);
             journal::commit(store, &journal, crate::state::Phase::Compact).await?;
             info!(table, dt = %part_dt, files_before = files.len(), files_after = written.len(), rows, "Compacted a partition.");

@@ -181,6 +181,28 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The summary's list of failed targets, one line each.
+fn failed_targets(out: &mut String, outcomes: &[TargetOutcome]) {
+    let failed: Vec<&TargetOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  failed targets:");
+    for outcome in failed {
+        if let Some(f) = &outcome.failure {
+            let _ = writeln!(
+                out,
+                "    {} {:<14} {:<16} {}: {}",
+                outcome.account_id,
+                outcome.region,
+                f.status.as_str(),
+                f.class,
+                f.message
+            );
+        }
+    }
+}
+
 fn human_bytes(bytes: u64) -> String {
     if bytes >= 1 << 20 {
         format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
@@ -254,23 +276,7 @@ pub fn summary(
     if let Some(peak) = totals.peak_rss_bytes {
         let _ = writeln!(out, "  memory:   {} peak resident", human_bytes(peak));
     }
-    let failed: Vec<&TargetOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
-    if !failed.is_empty() {
-        let _ = writeln!(out, "  failed targets:");
-        for outcome in failed {
-            if let Some(f) = &outcome.failure {
-                let _ = writeln!(
-                    out,
-                    "    {} {:<14} {:<16} {}: {}",
-                    outcome.account_id,
-                    outcome.region,
-                    f.status.as_str(),
-                    f.class,
-                    f.message
-                );
-            }
-        }
-    }
+    failed_targets(&mut out, outcomes);
     out
 }
 

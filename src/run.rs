@@ -3,7 +3,7 @@
 //! was covered and found → report drift → commit everything through one journal → summarize.
 //! Each step is a module of [`crate::pipeline`]; this file only puts them in order.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::pipeline::lock::{open_store, with_lock, WorkDir};
 use crate::pipeline::publish::Publish;
 use crate::pipeline::{collect_all, drift, Run};
 use crate::report::{self, TargetOutcome, Totals};
+use crate::sources::cloudtrail::Correlation;
 use crate::state::lock::RunLock;
 use crate::state::{crash_point, CrashPoint};
 
@@ -124,25 +125,7 @@ async fn collect_and_publish(
         .files(found.files);
 
     if run.config.cloudtrail != CloudTrailMode::Off {
-        match Events::prepare(run, covered, found.correlations).await? {
-            Prepared::Ready(cloudtrail, targets) => {
-                let gathered = collect_all(
-                    cloudtrail.as_ref(),
-                    targets,
-                    run.store,
-                    run.config.concurrency.get(),
-                    run.mode(),
-                )
-                .await?;
-                publish
-                    .outcomes(gathered.outcomes)
-                    .checkpoints(gathered.checkpoints)
-                    .files(cloudtrail.finish()?);
-            }
-            Prepared::Failed(outcomes) => {
-                publish.outcomes(outcomes);
-            }
-        }
+        collect_cloudtrail(run, covered, found.correlations, &mut publish).await?;
         crash_point(CrashPoint::AfterCloudtrail);
     }
     let drift = drift::report(run, found.drift).await?;
@@ -174,6 +157,36 @@ async fn collect_and_publish(
         outcomes,
         published: true,
     })
+}
+
+/// The CloudTrail events of the covered accounts and behind the new finding versions.
+async fn collect_cloudtrail(
+    run: &Run<'_>,
+    covered: BTreeMap<String, Vec<String>>,
+    correlations: Vec<Correlation>,
+    publish: &mut Publish,
+) -> Result<(), RunError> {
+    match Events::prepare(run, covered, correlations).await? {
+        Prepared::Ready(cloudtrail, targets) => {
+            let concurrency = run.config.concurrency.get();
+            let gathered = collect_all(
+                cloudtrail.as_ref(),
+                targets,
+                run.store,
+                concurrency,
+                run.mode(),
+            )
+            .await?;
+            publish
+                .outcomes(gathered.outcomes)
+                .checkpoints(gathered.checkpoints)
+                .files(cloudtrail.finish()?);
+        }
+        Prepared::Failed(outcomes) => {
+            publish.outcomes(outcomes);
+        }
+    }
+    Ok(())
 }
 
 fn summarize(

@@ -431,19 +431,7 @@ pub fn normalize(record: &Value, raw: &str) -> Result<EventRow, BadRecord> {
         }
     }
     if let Some(list) = record.get("resources").and_then(Value::as_array) {
-        let entries = list
-            .iter()
-            .map(|r| {
-                let entry = format!(
-                    "{}|{}|{}",
-                    text(r, "/type").unwrap_or_default(),
-                    text(r, "/ARN").unwrap_or_default(),
-                    text(r, "/accountId").unwrap_or_default()
-                );
-                draft.span(&entry)
-            })
-            .collect();
-        draft.resources = Some(entries);
+        draft.resources = Some(value_resources(&mut draft, list));
     }
     Ok(draft.finish(
         raw,
@@ -457,6 +445,21 @@ pub fn normalize(record: &Value, raw: &str) -> Result<EventRow, BadRecord> {
             flag(record, "/managementEvent"),
         ],
     ))
+}
+
+/// `resources` entries (`type|ARN|accountId`) of a record read as a value.
+fn value_resources(draft: &mut Draft, list: &[Value]) -> Vec<Span> {
+    list.iter()
+        .map(|r| {
+            let entry = format!(
+                "{}|{}|{}",
+                text(r, "/type").unwrap_or_default(),
+                text(r, "/ARN").unwrap_or_default(),
+                text(r, "/accountId").unwrap_or_default()
+            );
+            draft.span(&entry)
+        })
+        .collect()
 }
 
 /// A member as it appears in the record, not yet interpreted (a string, a number, an object…).
@@ -698,6 +701,30 @@ fn from_wire(wire: &Wire<'_>, raw: &str) -> Option<Result<Read, BadRecord>> {
     ] {
         draft.set(column, member_json(member).as_deref());
     }
+    put_identity(&mut draft, wire);
+    let region = member_text(wire.aws_region);
+    draft.set(Text::Region, Some(region.as_deref().unwrap_or_default()));
+    if let Some(list) = &wire.resources {
+        draft.resources = Some(wire_resources(&mut draft, list));
+    }
+    let session = wire
+        .user_identity
+        .as_ref()
+        .and_then(|i| i.session_context.as_ref());
+    let mfa = session
+        .and_then(|s| s.attributes.as_ref())
+        .and_then(|a| member_flag(a.mfa_authenticated));
+    let flags = [
+        mfa,
+        member_flag(wire.read_only),
+        member_flag(wire.management_event),
+    ];
+    Some(Ok((draft, event_time_ms, flags)))
+}
+
+/// The identity columns of a record read into members: who called, with which key, in which
+/// account, under which session issuer.
+fn put_identity(draft: &mut Draft, wire: &Wire<'_>) {
     let identity = wire.user_identity.as_ref();
     let id =
         |f: for<'w> fn(&WireIdentity<'w>) -> Member<'w>| identity.and_then(|i| member_text(f(i)));
@@ -724,40 +751,29 @@ fn from_wire(wire: &Wire<'_>, raw: &str) -> Option<Result<Read, BadRecord>> {
         Text::AccountId,
         Some(account.as_deref().unwrap_or_default()),
     );
-    let region = member_text(wire.aws_region);
-    draft.set(Text::Region, Some(region.as_deref().unwrap_or_default()));
     let session = identity.and_then(|i| i.session_context.as_ref());
     let issuer = session.and_then(|s| s.session_issuer.as_ref());
     draft.set(
         Text::SessionIssuerArn,
         issuer.and_then(|s| member_text(s.arn)).as_deref(),
     );
-    if let Some(list) = &wire.resources {
-        let mut entry = String::new();
-        let entries = list
-            .iter()
-            .map(|r| {
-                entry.clear();
-                for (i, member) in [r.kind, r.arn, r.account_id].into_iter().enumerate() {
-                    if i > 0 {
-                        entry.push('|');
-                    }
-                    entry.push_str(member_text(member).as_deref().unwrap_or_default());
+}
+
+/// `resources` entries (`type|ARN|accountId`), as spans of the draft's text.
+fn wire_resources(draft: &mut Draft, list: &[WireResource<'_>]) -> Vec<Span> {
+    let mut entry = String::new();
+    list.iter()
+        .map(|r| {
+            entry.clear();
+            for (i, member) in [r.kind, r.arn, r.account_id].into_iter().enumerate() {
+                if i > 0 {
+                    entry.push('|');
                 }
-                draft.span(&entry)
-            })
-            .collect();
-        draft.resources = Some(entries);
-    }
-    let mfa = session
-        .and_then(|s| s.attributes.as_ref())
-        .and_then(|a| member_flag(a.mfa_authenticated));
-    let flags = [
-        mfa,
-        member_flag(wire.read_only),
-        member_flag(wire.management_event),
-    ];
-    Some(Ok((draft, event_time_ms, flags)))
+                entry.push_str(member_text(member).as_deref().unwrap_or_default());
+            }
+            draft.span(&entry)
+        })
+        .collect()
 }
 
 /// A column of `cloudtrail_events` being built.

@@ -240,20 +240,12 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
     let resource = value.get("resource").unwrap_or(&empty);
     let service = value.get("service").unwrap_or(&empty);
     let action = service.get("action").unwrap_or(&empty);
-    let remote = remote_ip_details(action).unwrap_or(&empty);
-    let first_probe = path(action, &["portProbeAction", "portProbeDetails"])
-        .and_then(|d| d.get(0))
-        .unwrap_or(&empty);
-
     let sample = sample_flag(service.get("additionalInfo"));
-    let sequence = path(service, &["detection", "sequence", "signals"]).and_then(Value::as_array);
 
     let s3_bucket_names = resource
         .get("s3BucketDetails")
         .and_then(Value::as_array)
         .map(|buckets| buckets.iter().filter_map(|b| text(b, &["name"])).collect());
-
-    let port = |v: Option<i64>| v.and_then(|p| i32::try_from(p).ok());
 
     Ok(FindingVersion {
         arn: text(value, &["arn"]),
@@ -274,20 +266,48 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
         instance_id: text(resource, &["instanceDetails", "instanceId"]),
         access_key_id: text(resource, &["accessKeyDetails", "accessKeyId"]),
         principal_id: text(resource, &["accessKeyDetails", "principalId"]),
-        user_name: text(resource, &["accessKeyDetails", "userName"])
-            .or_else(|| {
-                text(
-                    resource,
-                    &["kubernetesDetails", "kubernetesUserDetails", "username"],
-                )
-            })
-            .or_else(|| text(resource, &["rdsDbUserDetails", "user"])),
+        user_name: user_name(resource),
         s3_bucket_names,
         eks_cluster_name: text(resource, &["eksClusterDetails", "name"]),
         action_type: text(action, &["actionType"]),
         api: text(action, &["awsApiCallAction", "api"]),
         service_name: text(action, &["awsApiCallAction", "serviceName"]),
         caller_type: text(action, &["awsApiCallAction", "callerType"]),
+        detector_id: text(service, &["detectorId"]),
+        feature_name: text(service, &["featureName"]),
+        schema_version: text(value, &["schemaVersion"]),
+        sample,
+        id,
+        account_id,
+        region,
+        finding_type,
+        raw,
+        ..network(action)
+    })
+    .map(|row| with_sequence(row, service))
+}
+
+/// The principal a finding names: an IAM user, a Kubernetes user, or a database user.
+fn user_name(resource: &Value) -> Option<String> {
+    text(resource, &["accessKeyDetails", "userName"])
+        .or_else(|| {
+            text(
+                resource,
+                &["kubernetesDetails", "kubernetesUserDetails", "username"],
+            )
+        })
+        .or_else(|| text(resource, &["rdsDbUserDetails", "user"]))
+}
+
+/// The network columns: the remote party, ports, protocol, direction, blocked.
+fn network(action: &Value) -> FindingVersion {
+    let empty = Value::Null;
+    let remote = remote_ip_details(action).unwrap_or(&empty);
+    let first_probe = path(action, &["portProbeAction", "portProbeDetails"])
+        .and_then(|d| d.get(0))
+        .unwrap_or(&empty);
+    let port = |v: Option<i64>| v.and_then(|p| i32::try_from(p).ok());
+    FindingVersion {
         remote_ip: text(remote, &["ipAddressV4"]).or_else(|| text(remote, &["ipAddressV6"])),
         remote_country: text(remote, &["country", "countryName"]),
         remote_city: text(remote, &["city", "cityName"]),
@@ -310,27 +330,25 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
         blocked: boolean(action, &["networkConnectionAction", "blocked"])
             .or_else(|| boolean(action, &["portProbeAction", "blocked"]))
             .or_else(|| boolean(action, &["dnsRequestAction", "blocked"])),
-        detector_id: text(service, &["detectorId"]),
-        feature_name: text(service, &["featureName"]),
-        sequence_signal_count: sequence.map(|s| s.len().min(i32::MAX as usize) as i32),
-        sequence_first_seen_ms: sequence.and_then(|s| {
-            s.iter()
-                .filter_map(|signal| signal.get("firstSeenAt").and_then(model_time_ms))
-                .min()
-        }),
-        sequence_last_seen_ms: sequence.and_then(|s| {
-            s.iter()
-                .filter_map(|signal| signal.get("lastSeenAt").and_then(model_time_ms))
-                .max()
-        }),
-        schema_version: text(value, &["schemaVersion"]),
-        sample,
-        id,
-        account_id,
-        region,
-        finding_type,
-        raw,
-    })
+        ..FindingVersion::default()
+    }
+}
+
+/// An attack sequence's signal count and the first and last time one was seen.
+fn with_sequence(mut row: FindingVersion, service: &Value) -> FindingVersion {
+    let sequence = path(service, &["detection", "sequence", "signals"]).and_then(Value::as_array);
+    row.sequence_signal_count = sequence.map(|s| s.len().min(i32::MAX as usize) as i32);
+    row.sequence_first_seen_ms = sequence.and_then(|s| {
+        s.iter()
+            .filter_map(|signal| signal.get("firstSeenAt").and_then(model_time_ms))
+            .min()
+    });
+    row.sequence_last_seen_ms = sequence.and_then(|s| {
+        s.iter()
+            .filter_map(|signal| signal.get("lastSeenAt").and_then(model_time_ms))
+            .max()
+    });
+    row
 }
 
 /// Run columns stamped on every row of a run.
@@ -347,122 +365,154 @@ pub fn to_record_batch<R: std::borrow::Borrow<FindingVersion>>(
     stamp: &RunStamp,
 ) -> Result<RecordBatch, ArrowError> {
     let schema = schema::findings().arrow_schema();
-    let n = rows.len();
-    let rows = || rows.iter().map(|r| r.borrow());
-    let strings = |f: &dyn Fn(&FindingVersion) -> Option<&str>| -> ArrayRef {
-        let bytes = rows().map(|r| f(r).map_or(0, str::len)).sum();
-        let mut b = StringBuilder::with_capacity(n, bytes);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let times = |f: &dyn Fn(&FindingVersion) -> Option<i64>| -> ArrayRef {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let bools = |f: &dyn Fn(&FindingVersion) -> Option<bool>| -> ArrayRef {
-        let mut b = BooleanBuilder::with_capacity(n);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let doubles = |f: &dyn Fn(&FindingVersion) -> Option<f64>| -> ArrayRef {
-        let mut b = Float64Builder::with_capacity(n);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let ints = |f: &dyn Fn(&FindingVersion) -> Option<i32>| -> ArrayRef {
-        let mut b = Int32Builder::with_capacity(n);
-        rows().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-
+    let c = Columns { rows };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
-        let column: ArrayRef = match field.name().as_str() {
-            "id" => strings(&|r| Some(&r.id)),
-            "arn" => strings(&|r| r.arn.as_deref()),
-            "account_id" => strings(&|r| Some(&r.account_id)),
-            "region" => strings(&|r| Some(&r.region)),
-            "partition" => strings(&|r| r.partition.as_deref()),
-            "type" => strings(&|r| Some(&r.finding_type)),
-            "threat_purpose" => strings(&|r| r.threat_purpose.as_deref()),
-            "resource_type_affected" => strings(&|r| r.resource_type_affected.as_deref()),
-            "severity" => doubles(&|r| Some(r.severity)),
-            "severity_label" => strings(&|r| Some(r.severity_label())),
-            "confidence" => doubles(&|r| r.confidence),
-            "title" => strings(&|r| r.title.as_deref()),
-            "description" => strings(&|r| r.description.as_deref()),
-            "created_at" => times(&|r| Some(r.created_at_ms)),
-            "updated_at" => times(&|r| Some(r.updated_at_ms)),
-            "archived" => bools(&|r| r.archived),
-            "count" => {
-                let mut b = Int64Builder::with_capacity(n);
-                rows().for_each(|r| b.append_option(r.count));
-                Arc::new(b.finish())
-            }
-            "event_first_seen" => times(&|r| r.event_first_seen_ms),
-            "event_last_seen" => times(&|r| r.event_last_seen_ms),
-            "resource_type" => strings(&|r| r.resource_type.as_deref()),
-            "instance_id" => strings(&|r| r.instance_id.as_deref()),
-            "access_key_id" => strings(&|r| r.access_key_id.as_deref()),
-            "principal_id" => strings(&|r| r.principal_id.as_deref()),
-            "user_name" => strings(&|r| r.user_name.as_deref()),
-            "s3_bucket_names" => {
-                let item = Arc::new(arrow_schema::Field::new(
-                    "element",
-                    arrow_schema::DataType::Utf8,
-                    true,
-                ));
-                let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-                for r in rows() {
-                    match &r.s3_bucket_names {
-                        Some(names) => {
-                            names.iter().for_each(|name| b.values().append_value(name));
-                            b.append(true);
-                        }
-                        None => b.append(false),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            "eks_cluster_name" => strings(&|r| r.eks_cluster_name.as_deref()),
-            "action_type" => strings(&|r| r.action_type.as_deref()),
-            "api" => strings(&|r| r.api.as_deref()),
-            "service_name" => strings(&|r| r.service_name.as_deref()),
-            "caller_type" => strings(&|r| r.caller_type.as_deref()),
-            "remote_ip" => strings(&|r| r.remote_ip.as_deref()),
-            "remote_country" => strings(&|r| r.remote_country.as_deref()),
-            "remote_city" => strings(&|r| r.remote_city.as_deref()),
-            "remote_asn" => strings(&|r| r.remote_asn.as_deref()),
-            "remote_org" => strings(&|r| r.remote_org.as_deref()),
-            "local_port" => ints(&|r| r.local_port),
-            "remote_port" => ints(&|r| r.remote_port),
-            "protocol" => strings(&|r| r.protocol.as_deref()),
-            "connection_direction" => strings(&|r| r.connection_direction.as_deref()),
-            "blocked" => bools(&|r| r.blocked),
-            "detector_id" => strings(&|r| r.detector_id.as_deref()),
-            "feature_name" => strings(&|r| r.feature_name.as_deref()),
-            "sequence_signal_count" => ints(&|r| r.sequence_signal_count),
-            "sequence_first_seen" => times(&|r| r.sequence_first_seen_ms),
-            "sequence_last_seen" => times(&|r| r.sequence_last_seen_ms),
-            "schema_version" => strings(&|r| r.schema_version.as_deref()),
-            "sample" => bools(&|r| Some(r.sample)),
-            "raw" => strings(&|r| Some(&r.raw)),
-            "collected_at" => times(&|_| Some(stamp.collected_at_ms)),
-            "run_id" => {
-                let mut b = StringBuilder::with_capacity(n, n * stamp.run_id.len());
-                rows().for_each(|_| b.append_value(&stamp.run_id));
-                Arc::new(b.finish())
-            }
-            other => {
-                return Err(ArrowError::SchemaError(format!(
-                    "schemas/findings.json has column {other} that the normalizer does not fill"
-                )))
-            }
-        };
-        columns.push(column);
+        columns.push(column(&c, field.name(), stamp).ok_or_else(|| {
+            ArrowError::SchemaError(format!(
+                "schemas/findings.json has column {} that the normalizer does not fill",
+                field.name()
+            ))
+        })?);
     }
     RecordBatch::try_new(schema, columns)
+}
+
+/// The `findings` column of this name.
+fn column<R: std::borrow::Borrow<FindingVersion>>(
+    c: &Columns<'_, R>,
+    name: &str,
+    stamp: &RunStamp,
+) -> Option<ArrayRef> {
+    Some(match name {
+        "id" => c.strings(&|r| Some(&r.id)),
+        "arn" => c.strings(&|r| r.arn.as_deref()),
+        "account_id" => c.strings(&|r| Some(&r.account_id)),
+        "region" => c.strings(&|r| Some(&r.region)),
+        "partition" => c.strings(&|r| r.partition.as_deref()),
+        "type" => c.strings(&|r| Some(&r.finding_type)),
+        "threat_purpose" => c.strings(&|r| r.threat_purpose.as_deref()),
+        "resource_type_affected" => c.strings(&|r| r.resource_type_affected.as_deref()),
+        "severity" => c.doubles(&|r| Some(r.severity)),
+        "severity_label" => c.strings(&|r| Some(r.severity_label())),
+        "confidence" => c.doubles(&|r| r.confidence),
+        "title" => c.strings(&|r| r.title.as_deref()),
+        "description" => c.strings(&|r| r.description.as_deref()),
+        "created_at" => c.times(&|r| Some(r.created_at_ms)),
+        "updated_at" => c.times(&|r| Some(r.updated_at_ms)),
+        "archived" => c.bools(&|r| r.archived),
+        "count" => c.longs(&|r| r.count),
+        "event_first_seen" => c.times(&|r| r.event_first_seen_ms),
+        "event_last_seen" => c.times(&|r| r.event_last_seen_ms),
+        "resource_type" => c.strings(&|r| r.resource_type.as_deref()),
+        "instance_id" => c.strings(&|r| r.instance_id.as_deref()),
+        "access_key_id" => c.strings(&|r| r.access_key_id.as_deref()),
+        "principal_id" => c.strings(&|r| r.principal_id.as_deref()),
+        "user_name" => c.strings(&|r| r.user_name.as_deref()),
+        "s3_bucket_names" => c.string_lists(&|r| r.s3_bucket_names.as_deref()),
+        "eks_cluster_name" => c.strings(&|r| r.eks_cluster_name.as_deref()),
+        "action_type" => c.strings(&|r| r.action_type.as_deref()),
+        "api" => c.strings(&|r| r.api.as_deref()),
+        "service_name" => c.strings(&|r| r.service_name.as_deref()),
+        "caller_type" => c.strings(&|r| r.caller_type.as_deref()),
+        "remote_ip" => c.strings(&|r| r.remote_ip.as_deref()),
+        "remote_country" => c.strings(&|r| r.remote_country.as_deref()),
+        "remote_city" => c.strings(&|r| r.remote_city.as_deref()),
+        "remote_asn" => c.strings(&|r| r.remote_asn.as_deref()),
+        "remote_org" => c.strings(&|r| r.remote_org.as_deref()),
+        "local_port" => c.ints(&|r| r.local_port),
+        "remote_port" => c.ints(&|r| r.remote_port),
+        "protocol" => c.strings(&|r| r.protocol.as_deref()),
+        "connection_direction" => c.strings(&|r| r.connection_direction.as_deref()),
+        "blocked" => c.bools(&|r| r.blocked),
+        "detector_id" => c.strings(&|r| r.detector_id.as_deref()),
+        "feature_name" => c.strings(&|r| r.feature_name.as_deref()),
+        "sequence_signal_count" => c.ints(&|r| r.sequence_signal_count),
+        "sequence_first_seen" => c.times(&|r| r.sequence_first_seen_ms),
+        "sequence_last_seen" => c.times(&|r| r.sequence_last_seen_ms),
+        "schema_version" => c.strings(&|r| r.schema_version.as_deref()),
+        "sample" => c.bools(&|r| Some(r.sample)),
+        "raw" => c.strings(&|r| Some(&r.raw)),
+        "collected_at" => c.times(&|_| Some(stamp.collected_at_ms)),
+        "run_id" => c.constant(&stamp.run_id),
+        _ => return None,
+    })
+}
+
+/// Builds one Arrow column from a field of every row.
+struct Columns<'a, R> {
+    rows: &'a [R],
+}
+
+impl<R: std::borrow::Borrow<FindingVersion>> Columns<'_, R> {
+    fn rows(&self) -> impl Iterator<Item = &FindingVersion> {
+        self.rows.iter().map(|r| r.borrow())
+    }
+
+    fn strings(&self, f: &dyn Fn(&FindingVersion) -> Option<&str>) -> ArrayRef {
+        let bytes = self.rows().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(self.rows.len(), bytes);
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    fn times(&self, f: &dyn Fn(&FindingVersion) -> Option<i64>) -> ArrayRef {
+        let mut b =
+            TimestampMillisecondBuilder::with_capacity(self.rows.len()).with_timezone("UTC");
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    fn bools(&self, f: &dyn Fn(&FindingVersion) -> Option<bool>) -> ArrayRef {
+        let mut b = BooleanBuilder::with_capacity(self.rows.len());
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    fn doubles(&self, f: &dyn Fn(&FindingVersion) -> Option<f64>) -> ArrayRef {
+        let mut b = Float64Builder::with_capacity(self.rows.len());
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    fn ints(&self, f: &dyn Fn(&FindingVersion) -> Option<i32>) -> ArrayRef {
+        let mut b = Int32Builder::with_capacity(self.rows.len());
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    fn longs(&self, f: &dyn Fn(&FindingVersion) -> Option<i64>) -> ArrayRef {
+        let mut b = Int64Builder::with_capacity(self.rows.len());
+        self.rows().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish())
+    }
+
+    /// The same text in every row.
+    fn constant(&self, value: &str) -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(self.rows.len(), self.rows.len() * value.len());
+        self.rows().for_each(|_| b.append_value(value));
+        Arc::new(b.finish())
+    }
+
+    /// A list of strings (`element` items, as Athena and Spark name them).
+    fn string_lists(&self, f: &dyn Fn(&FindingVersion) -> Option<&[String]>) -> ArrayRef {
+        let item = Arc::new(arrow_schema::Field::new(
+            "element",
+            arrow_schema::DataType::Utf8,
+            true,
+        ));
+        let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
+        for r in self.rows() {
+            match f(r) {
+                Some(names) => {
+                    names.iter().for_each(|name| b.values().append_value(name));
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        Arc::new(b.finish())
+    }
 }
 
 #[cfg(test)]

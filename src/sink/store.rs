@@ -650,6 +650,49 @@ impl Drop for LocalLock {
     }
 }
 
+/// Uploads `local` in parts of `part_bytes`, one part in memory at a time.
+async fn upload_parts(
+    client: &aws_sdk_s3::Client,
+    (bucket, key, s3_key): (&str, &str, &str),
+    upload_id: &str,
+    local: &Path,
+    part_bytes: u64,
+) -> Result<Vec<CompletedPart>, StoreError> {
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| StoreError::new(key, e))?;
+    let mut parts = Vec::new();
+    for number in 1.. {
+        let mut buffer = Vec::with_capacity(part_bytes as usize);
+        (&mut file)
+            .take(part_bytes)
+            .read_to_end(&mut buffer)
+            .await
+            .map_err(|e| StoreError::new(key, e))?;
+        if buffer.is_empty() {
+            break;
+        }
+        let part = client
+            .upload_part()
+            .bucket(bucket)
+            .key(s3_key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(buffer))
+            .send()
+            .await
+            .map_err(|e| sdk_error(key, e))?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(part.e_tag().map(str::to_owned))
+                .build(),
+        );
+        crate::crash::crash_point(crate::crash::CrashPoint::MidMultipart);
+    }
+    Ok(parts)
+}
+
 /// `keys` is (the store key, for errors; the S3 key).
 async fn multipart(
     client: &aws_sdk_s3::Client,
@@ -671,40 +714,8 @@ async fn multipart(
         .ok_or_else(|| StoreError::new(key, "CreateMultipartUpload returned no upload id"))?
         .to_owned();
     let result = async {
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| StoreError::new(key, e))?;
-        let mut parts = Vec::new();
-        let mut number = 1;
-        loop {
-            let mut buffer = Vec::with_capacity(part_bytes as usize);
-            (&mut file)
-                .take(part_bytes)
-                .read_to_end(&mut buffer)
-                .await
-                .map_err(|e| StoreError::new(key, e))?;
-            if buffer.is_empty() {
-                break;
-            }
-            let part = client
-                .upload_part()
-                .bucket(bucket)
-                .key(s3_key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(ByteStream::from(buffer))
-                .send()
-                .await
-                .map_err(|e| sdk_error(key, e))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(part.e_tag().map(str::to_owned))
-                    .build(),
-            );
-            crate::crash::crash_point(crate::crash::CrashPoint::MidMultipart);
-            number += 1;
-        }
+        let parts =
+            upload_parts(client, (bucket, key, s3_key), &upload_id, local, part_bytes).await?;
         let completed = client
             .complete_multipart_upload()
             .bucket(bucket)

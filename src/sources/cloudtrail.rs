@@ -248,6 +248,202 @@ pub struct Lookups<'a> {
     pub lake_has: &'a HashSet<String>,
 }
 
+/// One account's lookups: what it has taken so far, and what it must not add again.
+struct AccountLookups<'a> {
+    config: &'a aws_config::SdkConfig,
+    limiter: &'a Limiter,
+    account_id: &'a str,
+    /// Event ids published before (the checkpoint's, and in a backfill the lake's).
+    published: HashSet<String>,
+    seen: EventIds,
+    result: AccountResult,
+}
+
+/// A usable record taken: its event id, time and name.
+type Taken = (String, i64, Option<String>);
+
+impl AccountLookups<'_> {
+    fn client(&self, region: &str) -> aws_sdk_cloudtrail::Client {
+        aws_sdk_cloudtrail::Client::from_conf(
+            aws_sdk_cloudtrail::config::Builder::from(self.config)
+                .region(aws_config::Region::new(region.to_owned()))
+                .build(),
+        )
+    }
+
+    /// Takes a looked-up record: quarantined when bad, kept once per run and never again once
+    /// published.
+    fn take(
+        &mut self,
+        region: &str,
+        normalized: Result<EventRow, (BadRecord, String)>,
+    ) -> Option<Taken> {
+        let row = admit(&mut self.result, self.account_id, region, None, normalized)?;
+        let taken = (
+            row.event_id().to_owned(),
+            row.event_time_ms,
+            row.event_name().map(str::to_owned),
+        );
+        keep_once(
+            &mut self.result,
+            &mut self.seen,
+            &self.published,
+            region,
+            row,
+        );
+        Some(taken)
+    }
+
+    /// The watch-list in one region: the (event id, time) of each event taken, and the failure
+    /// that stopped it, if one did.
+    async fn watch(
+        &mut self,
+        region: &str,
+        watchlist: &[String],
+        window: (i64, i64),
+    ) -> (Vec<(String, i64)>, Option<TargetFailure>) {
+        let client = self.client(region);
+        let key = (self.account_id.to_owned(), region.to_owned());
+        let mut hits = Vec::new();
+        for name in watchlist {
+            match lookup(
+                &client,
+                self.limiter,
+                &key,
+                LookupAttributeKey::EventName,
+                name,
+                window,
+            )
+            .await
+            {
+                Ok(events) => hits.extend(
+                    events
+                        .into_iter()
+                        .filter_map(|n| self.take(region, n))
+                        .map(|(id, time, _)| (id, time)),
+                ),
+                Err(failure) => return (hits, Some(failure)),
+            }
+        }
+        (hits, None)
+    }
+
+    /// The watch-list in every region, each since its watermark (advanced in `state` where it
+    /// completed, in an incremental reading). Returns the (region, event id, time) taken.
+    async fn watch_regions(
+        &mut self,
+        regions: &[String],
+        watchlist: &[String],
+        windows: Windows,
+        state: &mut AccountState,
+    ) -> Vec<(String, String, i64)> {
+        let until_ms = windows.until_ms();
+        let mut watch_hits: Vec<(String, String, i64)> = Vec::new(); // (region, event id, time)
+        for region in regions {
+            let start = match windows {
+                Windows::Incremental {
+                    first_start_ms,
+                    overlap_ms,
+                    ..
+                } => state
+                    .watermarks
+                    .get(region)
+                    .map_or(first_start_ms, |w| w - overlap_ms),
+                Windows::Backfill { since_ms, .. } => since_ms,
+            }
+            .max(until_ms - RETENTION_MS);
+            let window = (start, until_ms);
+            self.result
+                .regions
+                .entry(region.clone())
+                .or_default()
+                .window = Some(window);
+            let (hits, failed) = self.watch(region, watchlist, window).await;
+            watch_hits.extend(
+                hits.into_iter()
+                    .map(|(id, time)| (region.clone(), id, time)),
+            );
+            match failed {
+                Some(failure) => {
+                    self.result
+                        .regions
+                        .entry(region.clone())
+                        .or_default()
+                        .failure = Some(failure)
+                }
+                None if matches!(windows, Windows::Incremental { .. }) => {
+                    state.watermarks.insert(region.clone(), until_ms);
+                }
+                None => {}
+            }
+        }
+
+        watch_hits
+    }
+
+    /// The events behind one finding version, in its region and in us-east-1 for global
+    /// services, each linked with why; a failed lookup fails its region.
+    async fn correlate(
+        &mut self,
+        finding: &Correlation,
+        window: (i64, i64),
+        links: &mut BTreeSet<FindingEvent>,
+    ) {
+        let (attribute, value, reason) = match (&finding.access_key_id, &finding.user_name) {
+            (Some(key), _) => (LookupAttributeKey::AccessKeyId, key.clone(), "access_key"),
+            (None, Some(user)) => (LookupAttributeKey::Username, user.clone(), "principal"),
+            (None, None) => return,
+        };
+        let mut regions = vec![finding.region.clone()];
+        if finding.region != GLOBAL_REGION {
+            regions.push(GLOBAL_REGION.to_owned());
+        }
+        for region in regions {
+            let global_only = region != finding.region;
+            let key = (self.account_id.to_owned(), region.clone());
+            let events = match lookup(
+                &self.client(&region),
+                self.limiter,
+                &key,
+                attribute.clone(),
+                &value,
+                window,
+            )
+            .await
+            {
+                Ok(events) => events,
+                Err(failure) => {
+                    self.result
+                        .regions
+                        .entry(region.clone())
+                        .or_default()
+                        .failure
+                        .get_or_insert(failure);
+                    continue;
+                }
+            };
+            for normalized in events {
+                let global = normalized
+                    .as_ref()
+                    .ok()
+                    .and_then(|row| row.event_source())
+                    .is_some_and(|source| GLOBAL_SOURCES.contains(&source));
+                if global_only && !global {
+                    continue;
+                }
+                if let Some((id, _, name)) = self.take(&region, normalized) {
+                    let why = if name.is_some() && name == finding.api {
+                        "api"
+                    } else {
+                        reason
+                    };
+                    links.insert(link(finding, &id, &region, why));
+                }
+            }
+        }
+    }
+}
+
 /// Work of one account: the watch-list in each region since its watermark, and the lookups
 /// behind each of the account's new finding versions.
 pub async fn collect_account(
@@ -259,158 +455,36 @@ pub async fn collect_account(
     mut state: AccountState,
     windows: Windows,
 ) -> AccountResult {
-    let Lookups {
-        watchlist,
-        correlations,
-        pad_ms,
-        lake_has,
-    } = *lookups;
     let until_ms = windows.until_ms();
-    let mut result = AccountResult::default();
-    let published: HashSet<String> = state
+    let published = state
         .published
         .iter()
         .map(|(id, _)| id.clone())
-        .chain(lake_has.iter().cloned())
+        .chain(lookups.lake_has.iter().cloned())
         .collect();
-    let mut seen = EventIds::default();
-    let client_for = |region: &str| {
-        aws_sdk_cloudtrail::Client::from_conf(
-            aws_sdk_cloudtrail::config::Builder::from(config)
-                .region(aws_config::Region::new(region.to_owned()))
-                .build(),
-        )
+    let mut run = AccountLookups {
+        config,
+        limiter,
+        account_id,
+        published,
+        seen: EventIds::default(),
+        result: AccountResult::default(),
     };
 
-    // Takes a looked-up record: quarantined when bad, kept once per run and never again once
-    // published. Returns its event id, time and name when usable.
-    let mut take = |result: &mut AccountResult,
-                    region: &str,
-                    normalized: Result<EventRow, (BadRecord, String)>|
-     -> Option<(String, i64, Option<String>)> {
-        let row = admit(result, account_id, region, None, normalized)?;
-        let key = (
-            row.event_id().to_owned(),
-            row.event_time_ms,
-            row.event_name().map(str::to_owned),
-        );
-        keep_once(result, &mut seen, &published, region, row);
-        Some(key)
-    };
-
-    // Watch-list, per region, since the region's watermark.
-    let mut watch_hits: Vec<(String, String, i64)> = Vec::new(); // (region, event id, time)
-    for region in regions {
-        let start = match windows {
-            Windows::Incremental {
-                first_start_ms,
-                overlap_ms,
-                ..
-            } => state
-                .watermarks
-                .get(region)
-                .map_or(first_start_ms, |w| w - overlap_ms),
-            Windows::Backfill { since_ms, .. } => since_ms,
-        }
-        .max(until_ms - RETENTION_MS);
-        let window = (start, until_ms);
-        result.regions.entry(region.clone()).or_default().window = Some(window);
-        let client = client_for(region);
-        let key = (account_id.to_owned(), region.clone());
-        let mut failed = None;
-        for name in watchlist {
-            match lookup(
-                &client,
-                limiter,
-                &key,
-                LookupAttributeKey::EventName,
-                name,
-                window,
-            )
-            .await
-            {
-                Ok(events) => {
-                    for normalized in events {
-                        if let Some((id, time, _)) = take(&mut result, region, normalized) {
-                            watch_hits.push((region.clone(), id, time));
-                        }
-                    }
-                }
-                Err(failure) => {
-                    failed = Some(failure);
-                    break;
-                }
-            }
-        }
-        match failed {
-            Some(failure) => {
-                result.regions.entry(region.clone()).or_default().failure = Some(failure)
-            }
-            None if matches!(windows, Windows::Incremental { .. }) => {
-                state.watermarks.insert(region.clone(), until_ms);
-            }
-            None => {}
-        }
-    }
-
-    // Correlated lookups, in the finding's region and in us-east-1 for global services.
+    let watch_hits = run
+        .watch_regions(regions, lookups.watchlist, windows, &mut state)
+        .await;
     let mut links = BTreeSet::new();
-    for finding in correlations {
-        let (attribute, value, reason) = match (&finding.access_key_id, &finding.user_name) {
-            (Some(key), _) => (LookupAttributeKey::AccessKeyId, key.clone(), "access_key"),
-            (None, Some(user)) => (LookupAttributeKey::Username, user.clone(), "principal"),
-            (None, None) => continue,
-        };
+    for finding in lookups.correlations {
         let window = (
-            (finding.first_seen_ms - pad_ms).max(until_ms - RETENTION_MS),
-            (finding.last_seen_ms + pad_ms).min(until_ms),
+            (finding.first_seen_ms - lookups.pad_ms).max(until_ms - RETENTION_MS),
+            (finding.last_seen_ms + lookups.pad_ms).min(until_ms),
         );
-        if window.0 >= window.1 {
+        if window.0 >= window.1 || (finding.access_key_id.is_none() && finding.user_name.is_none())
+        {
             continue;
         }
-        let mut lookup_regions = vec![finding.region.clone()];
-        if finding.region != GLOBAL_REGION {
-            lookup_regions.push(GLOBAL_REGION.to_owned());
-        }
-        for region in lookup_regions {
-            let global_only = region != finding.region;
-            let key = (account_id.to_owned(), region.clone());
-            match lookup(
-                &client_for(&region),
-                limiter,
-                &key,
-                attribute.clone(),
-                &value,
-                window,
-            )
-            .await
-            {
-                Ok(events) => {
-                    for normalized in events {
-                        let global = normalized
-                            .as_ref()
-                            .ok()
-                            .and_then(|row| row.event_source())
-                            .is_some_and(|source| GLOBAL_SOURCES.contains(&source));
-                        if global_only && !global {
-                            continue;
-                        }
-                        if let Some((id, _, name)) = take(&mut result, &region, normalized) {
-                            let why = if name.is_some() && name == finding.api {
-                                "api"
-                            } else {
-                                reason
-                            };
-                            links.insert(link(finding, &id, &region, why));
-                        }
-                    }
-                }
-                Err(failure) => {
-                    let entry = result.regions.entry(region.clone()).or_default();
-                    entry.failure.get_or_insert(failure);
-                }
-            }
-        }
+        run.correlate(finding, window, &mut links).await;
         // Watch-list events of the finding's account and region inside its window.
         for (region, id, time) in &watch_hits {
             if *region == finding.region && (window.0..=window.1).contains(time) {
@@ -418,23 +492,25 @@ pub async fn collect_account(
             }
         }
     }
+    let mut result = run.result;
     result.links = links.into_iter().collect();
+    remember_published(&mut state, &result.rows, until_ms);
+    result.state = state;
+    result
+}
 
-    // Remember what was published, within the retention.
+/// Remembers the events published (this run's and before), within CloudTrail's retention.
+fn remember_published(state: &mut AccountState, rows: &[EventRow], until_ms: i64) {
     let keep_from = until_ms - RETENTION_MS;
     let mut published: BTreeMap<String, i64> = state.published.iter().cloned().collect();
     published.extend(
-        result
-            .rows
-            .iter()
+        rows.iter()
             .map(|r| (r.event_id().to_owned(), r.event_time_ms)),
     );
     state.published = published
         .into_iter()
         .filter(|(_, t)| *t >= keep_from)
         .collect();
-    result.state = state;
-    result
 }
 
 /// Counts a record read in `region`; a record that is not JSON, not an object, or lacks

@@ -96,67 +96,12 @@ impl RecordSplitter {
         // chunk (its start is in `carried`).
         let mut start: Option<usize> = None;
         let mut i = 0;
-        // Hands out the element ending before `end` (exclusive), trimmed.
-        let mut finish = |this: &mut Self, start: Option<usize>, end: usize| {
-            this.in_element = false;
-            let length = end - start.unwrap_or(0);
-            if let Some(before) = this.oversized.take() {
-                emit(Err(before + length as u64));
-                return;
-            }
-            match start {
-                Some(_) if length > this.max_record => emit(Err(length as u64)),
-                Some(s) => emit(Ok(bytes[s..end].trim_ascii())),
-                None if this.carried.len() + length > this.max_record => {
-                    emit(Err((this.carried.len() + length) as u64));
-                    this.carried.clear();
-                }
-                None => {
-                    this.carried.extend_from_slice(&bytes[..end]);
-                    emit(Ok(this.carried.trim_ascii()));
-                    this.carried.clear();
-                }
-            }
-        };
         while i < bytes.len() {
             if self.finished {
                 return;
             }
             if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                    if let Some(key) = self.key_buffer.as_mut() {
-                        key.push(bytes[i]);
-                    }
-                    i += 1;
-                    continue;
-                }
-                let rest = &bytes[i..];
-                match memchr::memchr2(b'"', b'\\', rest) {
-                    None => {
-                        if let Some(key) = self.key_buffer.as_mut() {
-                            key.extend_from_slice(rest);
-                        }
-                        i = bytes.len();
-                    }
-                    Some(at) => {
-                        if let Some(key) = self.key_buffer.as_mut() {
-                            key.extend_from_slice(&rest[..at]);
-                        }
-                        if rest[at] == b'\\' {
-                            self.escaped = true;
-                            if let Some(key) = self.key_buffer.as_mut() {
-                                key.push(b'\\');
-                            }
-                        } else {
-                            self.in_string = false;
-                            if let Some(key) = self.key_buffer.take() {
-                                self.last_key = key;
-                            }
-                        }
-                        i += at + 1;
-                    }
-                }
+                i += self.string(&bytes[i..]);
                 continue;
             }
             let b = bytes[i];
@@ -186,11 +131,11 @@ impl RecordSplitter {
                 b'}' | b']' => {
                     self.depth = self.depth.saturating_sub(1);
                     if self.in_records && self.in_element && self.depth == 2 {
-                        finish(self, start, i + 1);
+                        self.element(bytes, start, i + 1, emit);
                     } else if self.in_records && self.depth == 1 {
                         if self.in_element {
                             // A scalar element ends at the array's closing bracket.
-                            finish(self, start, i);
+                            self.element(bytes, start, i, emit);
                         }
                         self.in_records = false;
                         self.finished = true;
@@ -198,7 +143,7 @@ impl RecordSplitter {
                 }
                 b',' if element_level => {
                     if self.in_element {
-                        finish(self, start, i);
+                        self.element(bytes, start, i, emit);
                     }
                 }
                 b' ' | b'\n' | b'\r' | b'\t' | b':' | b',' => {}
@@ -213,18 +158,85 @@ impl RecordSplitter {
             i += 1;
         }
         if self.in_element {
-            let rest = &bytes[start.unwrap_or(0)..];
-            if let Some(skipped) = self.oversized.as_mut() {
-                *skipped += rest.len() as u64;
-            } else if self.carried.len() + rest.len() > self.max_record {
-                // Too long to keep: count its bytes, hold none of them.
-                self.oversized = Some((self.carried.len() + rest.len()) as u64);
-                self.carried = Vec::new();
-            } else if start.is_some() {
-                self.carried = rest.to_vec();
-            } else {
-                self.carried.extend_from_slice(rest);
+            self.carry(&bytes[start.unwrap_or(0)..], start.is_some());
+        }
+    }
+
+    /// Inside a string at the start of `rest`: consumes it up to and including its closing
+    /// quote (or all of `rest`), keeping the text of a key being read. Returns the bytes used.
+    fn string(&mut self, rest: &[u8]) -> usize {
+        if self.escaped {
+            self.escaped = false;
+            if let Some(key) = self.key_buffer.as_mut() {
+                key.push(rest[0]);
             }
+            return 1;
+        }
+        let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
+            if let Some(key) = self.key_buffer.as_mut() {
+                key.extend_from_slice(rest);
+            }
+            return rest.len();
+        };
+        if let Some(key) = self.key_buffer.as_mut() {
+            key.extend_from_slice(&rest[..at]);
+        }
+        if rest[at] == b'\\' {
+            self.escaped = true;
+            if let Some(key) = self.key_buffer.as_mut() {
+                key.push(b'\\');
+            }
+        } else {
+            self.in_string = false;
+            if let Some(key) = self.key_buffer.take() {
+                self.last_key = key;
+            }
+        }
+        at + 1
+    }
+
+    /// Hands out the element ending before `end` (exclusive) of `bytes`, trimmed; `start` is
+    /// where it began in `bytes` (None: in an earlier chunk, its start is in `carried`).
+    fn element(
+        &mut self,
+        bytes: &[u8],
+        start: Option<usize>,
+        end: usize,
+        emit: &mut dyn FnMut(Record<'_>),
+    ) {
+        self.in_element = false;
+        let length = end - start.unwrap_or(0);
+        if let Some(before) = self.oversized.take() {
+            emit(Err(before + length as u64));
+            return;
+        }
+        match start {
+            Some(_) if length > self.max_record => emit(Err(length as u64)),
+            Some(s) => emit(Ok(bytes[s..end].trim_ascii())),
+            None if self.carried.len() + length > self.max_record => {
+                emit(Err((self.carried.len() + length) as u64));
+                self.carried.clear();
+            }
+            None => {
+                self.carried.extend_from_slice(&bytes[..end]);
+                emit(Ok(self.carried.trim_ascii()));
+                self.carried.clear();
+            }
+        }
+    }
+
+    /// Keeps the part of an element that continues in the next chunk (`fresh`: it began in this
+    /// one); one over the limit is counted, never held.
+    fn carry(&mut self, rest: &[u8], fresh: bool) {
+        if let Some(skipped) = self.oversized.as_mut() {
+            *skipped += rest.len() as u64;
+        } else if self.carried.len() + rest.len() > self.max_record {
+            self.oversized = Some((self.carried.len() + rest.len()) as u64);
+            self.carried = Vec::new();
+        } else if fresh {
+            self.carried = rest.to_vec();
+        } else {
+            self.carried.extend_from_slice(rest);
         }
     }
 
@@ -541,6 +553,53 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Incremental reading of one region: each log kind from its cursor (the cursors are
+    /// moved in `state`). Returns the failure that stopped it, and whether a CloudTrail log
+    /// object was ever found there (false only when nothing failed and none ever was).
+    async fn read_cursors(
+        &mut self,
+        state: &mut AccountState,
+        region: &str,
+        kinds: &[&str],
+        (first_start_ms, slack_ms): (i64, i64),
+    ) -> (Option<TargetFailure>, bool) {
+        let mut found = true;
+        for kind in kinds {
+            let name = format!("{kind}/{region}");
+            let had = state.cursors.remove(&name);
+            let (cursor, failed) = self
+                .read_since_cursor(kind, region, had, first_start_ms, slack_ms)
+                .await;
+            match cursor {
+                Some(cursor) => {
+                    state.cursors.insert(name, cursor);
+                }
+                None if *kind != INSIGHT && failed.is_none() => found = false,
+                None => {}
+            }
+            if failed.is_some() {
+                return (failed, found);
+            }
+        }
+        (None, found)
+    }
+
+    /// Fails the regions where no CloudTrail log object was ever found, saying what is there.
+    async fn not_found(&mut self, regions: Vec<String>) {
+        let there = self.what_is_there().await;
+        for region in regions {
+            let prefix = log_prefix(self.trail.org_id, self.account_id, "CloudTrail", &region);
+            self.result.regions.entry(region).or_default().failure = Some(TargetFailure::new(
+                TargetStatus::TrailNotFound,
+                "TrailNotFound",
+                format!(
+                    "no CloudTrail log object was ever found under {}; {there}. Check --trail-org-id, --trail-prefix and that the organization trail logs this account and region",
+                    self.trail.source.uri(&prefix)
+                ),
+            ));
+        }
+    }
+
     /// Reads the log objects among `keys` (sorted) not in `skip`; returns the keys handled (read
     /// or skipped as non-log), and the classified failure that stopped it, if one did.
     async fn read_keys(
@@ -758,26 +817,10 @@ pub async fn collect_account(
                 first_start_ms,
                 slack_ms,
             } => {
-                let mut failure = None;
-                for kind in &kinds {
-                    let name = format!("{kind}/{region}");
-                    let had = state.cursors.remove(&name);
-                    let (cursor, failed) = reader
-                        .read_since_cursor(kind, region, had, first_start_ms, slack_ms)
-                        .await;
-                    match cursor {
-                        Some(cursor) => {
-                            state.cursors.insert(name, cursor);
-                        }
-                        None if *kind != INSIGHT && failed.is_none() => {
-                            not_found.push(region.clone())
-                        }
-                        None => {}
-                    }
-                    if failed.is_some() {
-                        failure = failed;
-                        break;
-                    }
+                let since = (first_start_ms, slack_ms);
+                let (failure, found) = reader.read_cursors(&mut state, region, &kinds, since).await;
+                if !found {
+                    not_found.push(region.clone());
                 }
                 failure
             }
@@ -790,18 +833,7 @@ pub async fn collect_account(
             .failure = failure;
     }
     if !not_found.is_empty() {
-        let there = reader.what_is_there().await;
-        for region in not_found {
-            let prefix = log_prefix(trail.org_id, account_id, "CloudTrail", &region);
-            reader.result.regions.entry(region).or_default().failure = Some(TargetFailure::new(
-                TargetStatus::TrailNotFound,
-                "TrailNotFound",
-                format!(
-                    "no CloudTrail log object was ever found under {}; {there}. Check --trail-org-id, --trail-prefix and that the organization trail logs this account and region",
-                    trail.source.uri(&prefix)
-                ),
-            ));
-        }
+        reader.not_found(not_found).await;
     }
     let mut result = reader.result;
     // Ids published by versions that kept them: the cursor makes them unneeded, and they grew

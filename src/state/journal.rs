@@ -267,25 +267,9 @@ pub async fn recover(store: &Store) -> Result<Recovery, PublishError> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_journal_pointing_outside_the_lake_is_refused_before_any_step() {
-        let outer = tempfile::tempdir().unwrap();
-        let root = outer.path().join("lake");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(outer.path().join("secret"), b"keep me").unwrap();
-        let store = Store::Local { root: root.clone() };
-        let good = Journal {
-            run_id: "r1".into(),
-            kind: "run".into(),
-            copies: vec![Copy {
-                from: "_staging/r1/findings/dt=2026-11-01/a.parquet".into(),
-                to: "findings/dt=2026-11-01/a.parquet".into(),
-            }],
-            deletes: vec![],
-            checkpoints: vec![],
-        };
-        assert_eq!(good.validate(), Ok(()));
-        let bad = [
+    /// Journals that name keys outside what they may touch.
+    fn unsafe_journals(good: &Journal) -> Vec<Journal> {
+        vec![
             Journal {
                 copies: vec![Copy {
                     from: "../secret".into(),
@@ -335,7 +319,28 @@ mod tests {
                 run_id: "../r1".into(),
                 ..good.clone()
             },
-        ];
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_journal_pointing_outside_the_lake_is_refused_before_any_step() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("lake");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(outer.path().join("secret"), b"keep me").unwrap();
+        let store = Store::Local { root: root.clone() };
+        let good = Journal {
+            run_id: "r1".into(),
+            kind: "run".into(),
+            copies: vec![Copy {
+                from: "_staging/r1/findings/dt=2026-11-01/a.parquet".into(),
+                to: "findings/dt=2026-11-01/a.parquet".into(),
+            }],
+            deletes: vec![],
+            checkpoints: vec![],
+        };
+        assert_eq!(good.validate(), Ok(()));
+        let bad = unsafe_journals(&good);
         for journal in bad {
             assert!(journal.validate().is_err(), "{journal:?}");
             let applied = apply(&store, &journal, Phase::Run).await;
