@@ -27,6 +27,15 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Merge the small files of closed partitions into files near --target-file-bytes.
     Compact(Box<CompactArgs>),
+    /// Distributed run, step 1: take the lake's lock, discover, write one shard file per unit
+    /// of work; prints the plan (run id, shard count, where the shard files are) as JSON.
+    Plan(Box<RunArgs>),
+    /// Distributed run, step 2: collect one shard of a planned run and stage it; publishes
+    /// nothing (retries and duplicate runs only leave attempts that commit ignores).
+    Shard(Box<ShardArgs>),
+    /// Distributed run, step 3: publish one finished attempt of every shard through one
+    /// journal (shards that never finished fail as ShardFailed), then release the lock.
+    Commit(Box<CommitArgs>),
     /// Print the lake's tables as Athena DDL, Markdown column docs, or JSON Schema.
     Schema(SchemaArgs),
 }
@@ -80,6 +89,36 @@ pub fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> 
         .ok_or_else(|| {
             format!("{value:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)")
         })
+}
+
+/// A run id as `plan` printed it (a UUID: it names keys of the lake).
+fn parse_run_id(value: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(value)
+        .map(|id| id.to_string())
+        .map_err(|_| format!("{value:?} is not a run id (a UUID, as `guardlake plan` prints it)"))
+}
+
+/// Flags of `guardlake shard`.
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// The run id `guardlake plan` printed.
+    #[arg(long, value_parser = parse_run_id, value_name = "UUID")]
+    pub run_id: String,
+    /// The shard's number (its file's name, NNNNN).
+    #[arg(long, value_name = "N")]
+    pub shard: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Flags of `guardlake commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The run id `guardlake plan` printed.
+    #[arg(long, value_parser = parse_run_id, value_name = "UUID")]
+    pub run_id: String,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Flags of `guardlake compact`.

@@ -17,7 +17,7 @@ use crate::error::{classify, TargetFailure};
 const ORG_PAGE_SIZE: i32 = 20;
 
 /// An account left out of the run, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub account_id: String,
     pub reason: String,

@@ -7,7 +7,10 @@ use aws_smithy_runtime_api::client::result::SdkError;
 pub use crate::sink::store::http_code;
 
 /// How a target (account × region × source) ended. Written to the `runs` table as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum TargetStatus {
     Ok,
     AccessDenied,
@@ -34,7 +37,7 @@ impl TargetStatus {
 }
 
 /// A classified failure of one target: never the end of the run.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{status:?} ({class}): {message}")]
 pub struct TargetFailure {
     pub status: TargetStatus,

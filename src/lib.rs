@@ -12,6 +12,7 @@ pub mod compact;
 pub mod config;
 pub mod crash;
 pub mod discover;
+pub mod distributed;
 pub mod error;
 pub mod lambda;
 pub mod logs;

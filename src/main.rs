@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use clap::Parser;
-use guardlake::cli::{Cli, Command, CompactArgs, RunArgs};
+use guardlake::cli::{Cli, Command, CommitArgs, CompactArgs, RunArgs, ShardArgs};
 use guardlake::config::{Config, ValidatedConfig};
 use guardlake::error::{exit_code, RunError};
 use guardlake::run::{Backfill, RunOptions};
@@ -151,6 +151,9 @@ fn main() {
         Command::Schema(args) => print_schema(&args),
         Command::Run(args) => run_command(&args, &runtime),
         Command::Compact(args) => compact_command(&args, &runtime),
+        Command::Plan(args) => plan_command(&args, &runtime),
+        Command::Shard(args) => shard_command(&args, &runtime),
+        Command::Commit(args) => commit_command(&args, &runtime),
     };
     std::process::exit(code);
 }
@@ -208,6 +211,86 @@ fn compact_command(args: &CompactArgs, runtime: &tokio::runtime::Runtime) -> i32
             }
             exit_code::OK
         }
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_for(&err)
+        }
+    }
+}
+
+/// The config and options of a distributed step: a run's, without a backfill or a dry run.
+fn step_config(args: &RunArgs, step: &str) -> (ValidatedConfig, RunOptions) {
+    if args.since.is_some() || args.options.dry_run == Some(true) || args.compact {
+        eprintln!("error: `guardlake {step}` takes no --since/--until, --dry-run or --compact; use `guardlake run` for those");
+        std::process::exit(exit_code::CONFIG);
+    }
+    let config = load_config(args.config.as_deref(), args.options.clone());
+    let options = RunOptions {
+        s3_path_style: args.s3.path_style(),
+        ..RunOptions::default()
+    };
+    (config, options)
+}
+
+/// `guardlake plan`: prints the plan as JSON.
+fn plan_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let (config, options) = step_config(args, "plan");
+    match runtime.block_on(guardlake::distributed::plan(config, options)) {
+        Ok(plan) => {
+            println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            exit_code::OK
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_for(&err)
+        }
+    }
+}
+
+/// `guardlake shard`: stages one shard; 3 when some of its targets failed.
+fn shard_command(args: &ShardArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let (config, options) = step_config(&args.run, "shard");
+    let step = guardlake::distributed::shard(config, options, &args.run_id, args.shard);
+    match runtime.block_on(step) {
+        Ok(done) => {
+            let failed = done
+                .batch
+                .outcomes
+                .iter()
+                .filter(|o| o.failure.is_some())
+                .count();
+            let summary = serde_json::json!({
+                "run_id": args.run_id,
+                "shard": done.shard,
+                "attempt": done.attempt,
+                "files": done.staged.len(),
+                "targets": done.batch.outcomes.len(),
+                "targets_failed": failed,
+            });
+            println!("{summary}");
+            if failed == 0 {
+                exit_code::OK
+            } else {
+                exit_code::PARTIAL
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_for(&err)
+        }
+    }
+}
+
+/// `guardlake commit`: publishes the run; exit codes as `run`'s.
+fn commit_command(args: &CommitArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let (config, options) = step_config(&args.run, "commit");
+    match runtime.block_on(guardlake::distributed::commit(
+        config,
+        options,
+        &args.run_id,
+    )) {
+        Ok(result) if result.all_ok() => exit_code::OK,
+        Ok(_) => exit_code::PARTIAL,
         Err(err) => {
             eprintln!("error: {err}");
             exit_for(&err)

@@ -8,6 +8,7 @@ use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuil
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
 
+use crate::config::Mode;
 use crate::discover::Skipped;
 use crate::error::{TargetFailure, TargetStatus};
 use crate::normalize::drift::{DriftEntry, DriftKey};
@@ -15,12 +16,12 @@ use crate::normalize::schema;
 use crate::table::SourceName;
 
 /// How one target went.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TargetOutcome {
     pub account_id: String,
     pub region: String,
     pub source: SourceName,
-    pub mode: &'static str,
+    pub mode: Mode,
     pub failure: Option<TargetFailure>,
     pub findings_read: u64,
     pub findings_written: u64,
@@ -37,7 +38,7 @@ impl TargetOutcome {
         account_id: &str,
         region: &str,
         source: SourceName,
-        mode: &'static str,
+        mode: Mode,
         failure: TargetFailure,
         started_at_ms: i64,
     ) -> Self {
@@ -88,7 +89,7 @@ pub fn runs_batch(run_id: &str, outcomes: &[TargetOutcome]) -> Result<RecordBatc
             "account_id" => strings(&|o| Some(o.account_id.clone())),
             "region" => strings(&|o| Some(o.region.clone())),
             "source" => strings(&|o| Some(o.source.as_str().to_owned())),
-            "mode" => strings(&|o| Some(o.mode.to_owned())),
+            "mode" => strings(&|o| Some(o.mode.as_str().to_owned())),
             "status" => strings(&|o| Some(o.status().as_str().to_owned())),
             "findings_read" => longs(&|o| o.findings_read as i64),
             "findings_written" => longs(&|o| o.findings_written as i64),
@@ -289,7 +290,7 @@ mod tests {
             account_id: "111122223333".into(),
             region: "eu-west-1".into(),
             source: SourceName::GuardDuty,
-            mode: "member",
+            mode: Mode::Member,
             failure: status.map(|s| TargetFailure::new(s, "AccessDenied", "no")),
             findings_read: 3,
             findings_written: 2,

@@ -3,7 +3,7 @@
 //! was covered and found → report drift → commit everything through one journal → summarize.
 //! Each step is a module of [`crate::pipeline`]; this file only puts them in order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,16 +11,14 @@ use tracing::{info, info_span, Instrument};
 
 use crate::aws::Aws;
 use crate::clock::now_ms;
-use crate::config::{CloudTrailMode, ValidatedConfig};
+use crate::config::ValidatedConfig;
 use crate::discover::{self, Accounts};
 use crate::error::RunError;
-use crate::pipeline::events::{Events, Prepared};
-use crate::pipeline::findings::{self, Findings};
+use crate::pipeline::findings;
 use crate::pipeline::lock::{open_store, with_lock, WorkDir};
 use crate::pipeline::publish::Publish;
-use crate::pipeline::{collect_all, drift, Run};
+use crate::pipeline::{batch, drift, Run};
 use crate::report::{self, TargetOutcome, Totals};
-use crate::sources::cloudtrail::Correlation;
 use crate::state::lock::RunLock;
 use crate::state::{crash_point, CrashPoint};
 
@@ -45,17 +43,31 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
     let run_start_ms = now_ms();
     let span = info_span!("run", run_id = %run_id);
     async {
-        let aws = Aws::load(&config, &run_id, options.s3_path_style).await.map_err(RunError::Discovery)?;
-        info!(home_account = %aws.home_account, home_region = %aws.home_region, mode = config.mode.as_str(), "Starting run.");
+        let aws = Aws::load(&config, &run_id, options.s3_path_style)
+            .await
+            .map_err(RunError::Discovery)?;
+        let mode = config.mode.as_str();
+        info!(home_account = %aws.home_account, home_region = %aws.home_region, mode, "Starting run.");
         let store = Arc::new(open_store(&config, || async { aws.s3() }).await);
         let work_dir = WorkDir::create(&config, &run_id)?;
-        let run = Run { config: &config, options: &options, aws: &aws, store: &store, run_id: &run_id, run_start_ms, work_dir: &work_dir.0 };
+        let run = Run {
+            config: &config,
+            options: &options,
+            aws: &aws,
+            store: &store,
+            run_id: &run_id,
+            run_start_ms,
+            work_dir: &work_dir.0,
+            stem: &run_id,
+        };
         // A dry run only reads: no lock, no recovery.
         if config.dry_run {
             return dry_run(&run).await;
         }
         let run = &run;
-        with_lock(&store, &run_id, config.lock_lease_secs, |lock| async move { collect_and_publish(run, &lock, started).await }).await
+        let lease = config.lock_lease_secs;
+        let body = |lock: Arc<RunLock>| async move { collect_and_publish(run, &lock, started).await };
+        with_lock(&store, &run_id, lease, body).await
     }
     .instrument(span)
     .await
@@ -63,7 +75,7 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
 
 /// The accounts this run covers: the organization's (after the configured filters), narrowed
 /// by an invocation's payload.
-async fn accounts(run: &Run<'_>) -> Result<Accounts, RunError> {
+pub async fn accounts(run: &Run<'_>) -> Result<Accounts, RunError> {
     let mut accounts = discover::accounts(run.aws, run.config)
         .await
         .map_err(RunError::Discovery)?;
@@ -97,38 +109,14 @@ async fn collect_and_publish(
 ) -> Result<RunResult, RunError> {
     let accounts = accounts(run).await?;
     let (chains, failed) = findings::targets(run, &accounts.active).await;
-    let covered = findings::covered(&chains);
+    let batch = batch::collect(run, known_accounts(&accounts), chains).await?;
     let mut publish = Publish::new(run.run_id);
-    publish.outcomes(failed);
-
-    // Every account of the organization, covered or not: whose findings may be passed over.
-    let known: HashSet<String> = accounts
-        .active
-        .iter()
-        .cloned()
-        .chain(accounts.skipped.iter().map(|s| s.account_id.clone()))
-        .collect();
-    let (guardduty, writer) = Findings::new(run, known).await?;
-    let gathered = collect_all(
-        &guardduty,
-        chains,
-        run.store,
-        run.config.concurrency.get(),
-        run.mode(),
-    )
-    .await?;
-    crash_point(CrashPoint::AfterCollect);
-    let found = guardduty.finish(writer).await?;
     publish
-        .outcomes(gathered.outcomes)
-        .checkpoints(gathered.checkpoints)
-        .files(found.files);
-
-    if run.config.cloudtrail != CloudTrailMode::Off {
-        collect_cloudtrail(run, covered, found.correlations, &mut publish).await?;
-        crash_point(CrashPoint::AfterCloudtrail);
-    }
-    let drift = drift::report(run, found.drift).await?;
+        .outcomes(failed)
+        .outcomes(batch.outcomes)
+        .checkpoints(batch.checkpoints)
+        .files(batch.files);
+    let drift = drift::report(run, batch.drift).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
 
     let (outcomes, committed) = publish
@@ -146,60 +134,40 @@ async fn collect_and_publish(
     let totals = Totals {
         files: committed.files,
         bytes: committed.bytes,
-        duplicates_skipped: found.duplicates,
+        duplicates_skipped: batch.duplicates,
         lake: run.store.uri(""),
         drift_new: drift.new,
         drift_types: drift.types,
         peak_rss_bytes: report::peak_rss_bytes(),
     };
-    summarize(run, &outcomes, &accounts, &totals, started);
+    summarize(run, &outcomes, &accounts.skipped, &totals, started);
     Ok(RunResult {
         outcomes,
         published: true,
     })
 }
 
-/// The CloudTrail events of the covered accounts and behind the new finding versions.
-async fn collect_cloudtrail(
-    run: &Run<'_>,
-    covered: BTreeMap<String, Vec<String>>,
-    correlations: Vec<Correlation>,
-    publish: &mut Publish,
-) -> Result<(), RunError> {
-    match Events::prepare(run, covered, correlations).await? {
-        Prepared::Ready(cloudtrail, targets) => {
-            let concurrency = run.config.concurrency.get();
-            let gathered = collect_all(
-                cloudtrail.as_ref(),
-                targets,
-                run.store,
-                concurrency,
-                run.mode(),
-            )
-            .await?;
-            publish
-                .outcomes(gathered.outcomes)
-                .checkpoints(gathered.checkpoints)
-                .files(cloudtrail.finish()?);
-        }
-        Prepared::Failed(outcomes) => {
-            publish.outcomes(outcomes);
-        }
-    }
-    Ok(())
+/// Every account of the organization, covered or not: whose findings may be passed over.
+pub fn known_accounts(accounts: &Accounts) -> HashSet<String> {
+    accounts
+        .active
+        .iter()
+        .cloned()
+        .chain(accounts.skipped.iter().map(|s| s.account_id.clone()))
+        .collect()
 }
 
-fn summarize(
+pub fn summarize(
     run: &Run<'_>,
     outcomes: &[TargetOutcome],
-    accounts: &Accounts,
+    skipped: &[discover::Skipped],
     totals: &Totals,
     started: Instant,
 ) {
     let summary = report::summary(
         run.run_id,
         outcomes,
-        &accounts.skipped,
+        skipped,
         totals,
         started.elapsed().as_secs_f64(),
     );

@@ -53,7 +53,10 @@ pub fn quarantine_key(kind: &str, dt: impl Display, run_id: &str) -> String {
 }
 
 /// What a target reads; a `runs.source` value and the first folder of its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum SourceName {
     GuardDuty,
     CloudTrail,

@@ -21,7 +21,10 @@ pub const MAX_DRIFT_ENTRIES: usize = 1_000;
 /// reported each run but no longer remembered.
 pub const MAX_DRIFT_STATE_ENTRIES: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum DriftKind {
     /// A member the schema does not know.
     UnknownPath,
@@ -232,14 +235,16 @@ pub fn check(finding: &Value) -> Vec<Drift> {
 pub type DriftKey = (String, String, DriftKind);
 
 /// Drift of a run, one entry per (finding type, path, kind): where first seen, an example, a count.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DriftLog {
+    /// As a list of pairs in JSON (the keys are tuples).
+    #[serde(with = "entry_list")]
     pub entries: BTreeMap<DriftKey, DriftEntry>,
     /// Differences not recorded because the run already held [`MAX_DRIFT_ENTRIES`].
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DriftEntry {
     pub account_id: String,
     pub region: String,
@@ -248,7 +253,48 @@ pub struct DriftEntry {
     pub count: u64,
 }
 
+mod entry_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{DriftEntry, DriftKey};
+
+    pub fn serialize<S: Serializer>(
+        entries: &BTreeMap<DriftKey, DriftEntry>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(entries.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<DriftKey, DriftEntry>, D::Error> {
+        let list: Vec<(DriftKey, DriftEntry)> = Vec::deserialize(deserializer)?;
+        Ok(list.into_iter().collect())
+    }
+}
+
 impl DriftLog {
+    /// Adds the drift another process saw (a shard's): counts add up, the earlier sighting
+    /// stays, and the run's cap holds.
+    pub fn merge(&mut self, other: DriftLog) {
+        self.dropped += other.dropped;
+        for (key, entry) in other.entries {
+            if let Some(mine) = self.entries.get_mut(&key) {
+                mine.count += entry.count;
+                if entry.first_seen_ms < mine.first_seen_ms {
+                    let count = mine.count;
+                    *mine = DriftEntry { count, ..entry };
+                }
+            } else if self.entries.len() >= MAX_DRIFT_ENTRIES {
+                self.dropped += 1;
+            } else {
+                self.entries.insert(key, entry);
+            }
+        }
+    }
+
     pub fn record(&mut self, finding: &Value, account_id: &str, region: &str, now_ms: i64) {
         let finding_type = finding
             .get("type")

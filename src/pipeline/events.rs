@@ -139,7 +139,8 @@ impl<'a> Events<'a> {
             message: e.to_string(),
         })?;
         let sink = EventSink::new(
-            PartitionWriter::new(dir, stamp, config.flush_bytes, config.target_file_bytes),
+            PartitionWriter::new(dir, stamp, config.flush_bytes, config.target_file_bytes)
+                .named(run.stem),
             Spill::new(run.work_dir.join("quarantine-cloudtrail.jsonl")),
         );
         let events = Events {
@@ -171,7 +172,7 @@ impl<'a> Events<'a> {
             FindingEvent::dt,
             |group| cloudtrail::links_batch(group, run.run_id),
             run.work_dir,
-            &format!("{}-links", run.run_id),
+            &format!("{}-links", run.stem),
         )
         .map_err(RunError::Encode)?;
         files.extend(
@@ -183,7 +184,7 @@ impl<'a> Events<'a> {
             warn!(count, "Quarantined malformed CloudTrail records.");
             files.push((
                 path,
-                crate::table::quarantine_key("cloudtrail", day_of(run.run_start_ms), run.run_id),
+                crate::table::quarantine_key("cloudtrail", day_of(run.run_start_ms), run.stem),
             ));
         }
         info!(

@@ -38,7 +38,7 @@ pub struct Chain {
 
 impl Chain {
     /// The accounts whose findings this chain reads, sorted.
-    fn accounts(&self) -> Vec<String> {
+    pub fn accounts(&self) -> Vec<String> {
         let mut list: Vec<String> = match &self.members {
             Some(members) => members.iter().cloned().collect(),
             None => vec![self.account_id.clone()],
@@ -195,12 +195,15 @@ impl<'a> Findings<'a> {
             run_id: run.run_id.to_owned(),
             collected_at_ms: run.run_start_ms,
         };
-        let (rows, writer) = writer::spawn(FindingsWriter::new(
-            run.work_dir.to_owned(),
-            stamp,
-            run.config.flush_bytes,
-            run.config.target_file_bytes,
-        ));
+        let (rows, writer) = writer::spawn(
+            FindingsWriter::new(
+                run.work_dir.to_owned(),
+                stamp,
+                run.config.flush_bytes,
+                run.config.target_file_bytes,
+            )
+            .named(run.stem),
+        );
         let source = Findings {
             run,
             rows,
@@ -239,8 +242,7 @@ impl<'a> Findings<'a> {
             .finish()
             .map_err(crate::error::RunError::from)?;
         if let Some((path, count)) = spilled {
-            let key =
-                crate::table::quarantine_key("findings", day_of(run.run_start_ms), run.run_id);
+            let key = crate::table::quarantine_key("findings", day_of(run.run_start_ms), run.stem);
             warn!(count, key = %run.store.uri(&key), "Quarantined findings.");
             files.push((path, key));
         }
@@ -606,7 +608,7 @@ pub async fn render_plan(
 ) -> (String, Vec<TargetOutcome>) {
     let mut out = format!(
         "Plan ({} mode, {} chain(s)); nothing will be written.\n",
-        run.mode(),
+        run.mode().as_str(),
         chains.len()
     );
     for chain in chains {

@@ -79,7 +79,7 @@ pub async fn check_is_lake(store: &Store) -> Result<(), RunError> {
 }
 
 /// Takes the run lock and finishes whatever an interrupted run committed.
-async fn lock_and_recover(
+pub async fn lock_and_recover(
     store: &Arc<Store>,
     run_id: &str,
     lease_secs: u64,

@@ -6,6 +6,7 @@
 //! outcomes, checkpoints and files are plain data, so collecting a subset of targets and
 //! committing can happen in different processes.
 
+pub mod batch;
 pub mod drift;
 pub mod events;
 pub mod findings;
@@ -24,7 +25,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::aws::Aws;
-use crate::config::ValidatedConfig;
+use crate::config::{Mode, ValidatedConfig};
 use crate::error::{classify_store, RunError, TargetFailure, TargetStatus};
 use crate::report::TargetOutcome;
 use crate::sink::store::{Store, Tag};
@@ -60,11 +61,13 @@ pub struct Run<'a> {
     pub run_start_ms: i64,
     /// The run's scratch directory (encoded files before staging).
     pub work_dir: &'a std::path::Path,
+    /// What this process's files are named after: the run id, or the run id and its shard.
+    pub stem: &'a str,
 }
 
 impl Run<'_> {
-    pub fn mode(&self) -> &'static str {
-        self.config.mode.as_str()
+    pub fn mode(&self) -> Mode {
+        self.config.mode
     }
 }
 
@@ -134,7 +137,7 @@ pub async fn collect_all<S: Source>(
     targets: Vec<S::Target>,
     store: &Store,
     concurrency: usize,
-    mode: &'static str,
+    mode: Mode,
 ) -> Result<Gathered, RunError> {
     let progress = progress_bar(targets.len() as u64, source.name());
     let results: Vec<_> = futures::stream::iter(targets)
@@ -169,7 +172,7 @@ async fn collect_one<S: Source>(
     source: &S,
     target: &S::Target,
     store: &Store,
-    mode: &'static str,
+    mode: Mode,
 ) -> Result<(Vec<TargetOutcome>, Option<Checkpoint>), RunError> {
     let key = source.state_key(target);
     let started_at_ms = crate::clock::now_ms();
@@ -266,7 +269,7 @@ mod tests {
                 account_id: target.to_string(),
                 region: "us-east-1".into(),
                 source: self.name(),
-                mode: "member",
+                mode: Mode::Member,
                 failure: failure.clone(),
                 findings_read: 0,
                 findings_written: 0,
@@ -291,7 +294,7 @@ mod tests {
         fake: &Fake,
         run_id: &str,
     ) -> Vec<TargetOutcome> {
-        let gathered = collect_all(fake, vec!["a", "b", "c"], store, 2, "member")
+        let gathered = collect_all(fake, vec!["a", "b", "c"], store, 2, Mode::Member)
             .await
             .unwrap();
         let mut publish = Publish::new(run_id);

@@ -19,6 +19,9 @@ use crate::table::Table;
 pub struct Publish {
     run_id: String,
     files: Vec<(PathBuf, String)>,
+    /// Files another process already staged under this run's prefix: (staged key, lake key).
+    staged: Vec<(String, String)>,
+    staged_bytes: u64,
     checkpoints: Vec<Checkpoint>,
     outcomes: Vec<TargetOutcome>,
 }
@@ -35,6 +38,8 @@ impl Publish {
         Self {
             run_id: run_id.to_owned(),
             files: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
             checkpoints: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -42,6 +47,17 @@ impl Publish {
 
     pub fn files(&mut self, files: impl IntoIterator<Item = (PathBuf, String)>) -> &mut Self {
         self.files.extend(files);
+        self
+    }
+
+    /// Files already staged (by a shard) under `_staging/<run_id>/`, and their bytes.
+    pub fn staged(
+        &mut self,
+        copies: impl IntoIterator<Item = (String, String)>,
+        bytes: u64,
+    ) -> &mut Self {
+        self.staged.extend(copies);
+        self.staged_bytes += bytes;
         self
     }
 
@@ -89,7 +105,12 @@ impl Publish {
             checkpoints: std::mem::take(&mut self.checkpoints),
             ..Journal::default()
         };
-        let committed = stage(store, &run_id, &self.files, &mut journal).await?;
+        let mut committed = stage(store, &run_id, &self.files, &mut journal).await?;
+        for (from, to) in std::mem::take(&mut self.staged) {
+            committed.files += usize::from(!to.starts_with('_'));
+            journal.copies.push(Copy { from, to });
+        }
+        committed.bytes += self.staged_bytes;
         // Still ours? Then commit: from the journal on, the run's output is as good as published.
         if let Some(lock) = lock {
             lock.renew(store).await.map_err(RunError::from)?;

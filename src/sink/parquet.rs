@@ -213,13 +213,14 @@ pub struct PartitionWriter<R: LakeRow> {
     open: BTreeMap<NaiveDate, OpenFile>,
     finished: Vec<StagedFile>,
     files_started: usize,
+    /// File names are `<stem>-NNNN.parquet`: the run id, or the run id and shard.
+    stem: String,
 }
 
 impl<R: LakeRow> PartitionWriter<R> {
     pub fn new(dir: PathBuf, stamp: RunStamp, flush_bytes: u64, target_file_bytes: u64) -> Self {
         Self {
             dir,
-            stamp,
             flush_bytes,
             target_file_bytes,
             buffered: BTreeMap::new(),
@@ -227,7 +228,15 @@ impl<R: LakeRow> PartitionWriter<R> {
             open: BTreeMap::new(),
             finished: Vec::new(),
             files_started: 0,
+            stem: stamp.run_id.clone(),
+            stamp,
         }
+    }
+
+    /// Names the files `<stem>-NNNN.parquet` (processes of one run writing to one table).
+    pub fn named(mut self, stem: &str) -> Self {
+        stem.clone_into(&mut self.stem);
+        self
     }
 
     pub fn push(&mut self, row: R) -> Result<(), parquet::errors::ParquetError> {
@@ -251,8 +260,7 @@ impl<R: LakeRow> PartitionWriter<R> {
                     std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
                     std::collections::btree_map::Entry::Vacant(entry) => {
                         self.files_started += 1;
-                        let name =
-                            format!("{}-{:04}.parquet", self.stamp.run_id, self.files_started);
+                        let name = format!("{}-{:04}.parquet", self.stem, self.files_started);
                         let path = self.dir.join(format!("{dt}-{name}"));
                         let writer = ArrowWriter::try_new(
                             File::create(&path)?,

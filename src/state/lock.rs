@@ -113,6 +113,38 @@ impl RunLock {
         })
     }
 
+    /// The lock a run took in another process (a distributed run's `commit`): refused unless
+    /// the lock object still names `run_id`; the lease is then extended by a conditional
+    /// write, which fails if another run took the lock meanwhile.
+    pub async fn resume(
+        store: &Store,
+        run_id: &str,
+        lease: Duration,
+    ) -> Result<Arc<RunLock>, LockError> {
+        let tag = Self::holder(store, run_id).await?;
+        let lock = RunLock {
+            run_id: run_id.to_owned(),
+            lease_ms: lease.as_millis() as i64,
+            tag: Mutex::new(tag),
+            lost: AtomicBool::new(false),
+        };
+        lock.renew(store).await?;
+        Ok(Arc::new(lock))
+    }
+
+    /// The lock object's version tag if it names `run_id` (a distributed run's shards check
+    /// this before they start), else [`LockError::Lost`].
+    pub async fn holder(store: &Store, run_id: &str) -> Result<Tag, LockError> {
+        let Some((bytes, tag)) = store.get_tagged(LOCK_KEY).await? else {
+            return Err(LockError::Lost);
+        };
+        let held: Option<LockBody> = serde_json::from_slice(&bytes).ok();
+        match held {
+            Some(held) if held.run_id == run_id => Ok(tag),
+            _ => Err(LockError::Lost),
+        }
+    }
+
     /// Extends the lease; fails if another run took the lock meanwhile.
     pub async fn renew(&self, store: &Store) -> Result<(), LockError> {
         if self.lost.load(Ordering::SeqCst) {

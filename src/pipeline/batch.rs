@@ -1,0 +1,85 @@
+//! Collecting a set of GuardDuty chains and the CloudTrail events behind them, into a [`Batch`]:
+//! plain data (outcomes, checkpoints, local files and their lake keys, drift) that a publish
+//! commits, in this process (`run`) or in another (`commit`, after `shard`s).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::{Events, Prepared};
+use super::findings::{self, Chain, Findings};
+use super::{collect_all, Run};
+use crate::config::CloudTrailMode;
+use crate::error::RunError;
+use crate::normalize::drift::DriftLog;
+use crate::report::TargetOutcome;
+use crate::sources::cloudtrail::Correlation;
+use crate::state::journal::Checkpoint;
+use crate::state::{crash_point, CrashPoint};
+
+/// What collecting some targets produced.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Batch {
+    pub outcomes: Vec<TargetOutcome>,
+    pub checkpoints: Vec<Checkpoint>,
+    /// Local files and the lake keys they are published under.
+    pub files: Vec<(PathBuf, String)>,
+    pub drift: DriftLog,
+    /// Finding versions skipped as already published.
+    pub duplicates: u64,
+}
+
+/// Collects `chains` (GuardDuty), then CloudTrail for the accounts and regions they covered
+/// and the new finding versions they found. `known` is every account of the organization.
+pub async fn collect(
+    run: &Run<'_>,
+    known: HashSet<String>,
+    chains: Vec<Chain>,
+) -> Result<Batch, RunError> {
+    let covered = findings::covered(&chains);
+    let (guardduty, writer) = Findings::new(run, known).await?;
+    let concurrency = run.config.concurrency.get();
+    let gathered = collect_all(&guardduty, chains, run.store, concurrency, run.mode()).await?;
+    crash_point(CrashPoint::AfterCollect);
+    let found = guardduty.finish(writer).await?;
+    let mut batch = Batch {
+        outcomes: gathered.outcomes,
+        checkpoints: gathered.checkpoints,
+        files: found.files,
+        drift: found.drift,
+        duplicates: found.duplicates,
+    };
+    if run.config.cloudtrail != CloudTrailMode::Off {
+        collect_cloudtrail(run, covered, found.correlations, &mut batch).await?;
+        crash_point(CrashPoint::AfterCloudtrail);
+    }
+    Ok(batch)
+}
+
+/// The CloudTrail events of the covered accounts and behind the new finding versions.
+async fn collect_cloudtrail(
+    run: &Run<'_>,
+    covered: BTreeMap<String, Vec<String>>,
+    correlations: Vec<Correlation>,
+    batch: &mut Batch,
+) -> Result<(), RunError> {
+    match Events::prepare(run, covered, correlations).await? {
+        Prepared::Ready(cloudtrail, targets) => {
+            let concurrency = run.config.concurrency.get();
+            let gathered = collect_all(
+                cloudtrail.as_ref(),
+                targets,
+                run.store,
+                concurrency,
+                run.mode(),
+            )
+            .await?;
+            batch.outcomes.extend(gathered.outcomes);
+            batch.checkpoints.extend(gathered.checkpoints);
+            batch.files.extend(cloudtrail.finish()?);
+        }
+        Prepared::Failed(outcomes) => batch.outcomes.extend(outcomes),
+    }
+    Ok(())
+}
