@@ -2,7 +2,8 @@
 //! serves invocations with lambda_runtime; each invocation is one `guardlake run` configured by
 //! the function's environment (the `GUARDLAKE_*` variables of `--help`), which the scheduled
 //! event's payload may override for one run. The run summary is returned, logged as JSON, and
-//! emitted as a CloudWatch embedded metric format line.
+//! emitted as a CloudWatch embedded metric format line. A payload with a `step` is one step of
+//! a distributed run (`plan`, `shard`, `commit`: the Step Functions state machine's calls).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,113 @@ pub struct Payload {
     pub accounts: Option<Vec<String>>,
     /// Regions instead of the configured ones.
     pub regions: Option<Vec<String>>,
+}
+
+/// A step of a distributed run (the Step Functions state machine's payloads):
+/// `{"step":"plan"}`, `{"step":"shard","run_id":R,"key":K}` (a Distributed Map item: the shard
+/// file's S3 key; or `"shard":N`), `{"step":"commit","run_id":R}`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StepPayload {
+    pub step: StepName,
+    pub run_id: Option<String>,
+    pub shard: Option<u32>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepName {
+    Plan,
+    Shard,
+    Commit,
+}
+
+impl StepPayload {
+    /// The run id, checked (it names keys of the lake).
+    fn run_id(&self) -> Result<String, String> {
+        let id = self.run_id.as_deref().ok_or("this step needs run_id")?;
+        uuid::Uuid::parse_str(id)
+            .map(|u| u.to_string())
+            .map_err(|_| format!("{id:?} is not a run id"))
+    }
+
+    /// The shard number: `shard`, or the number in the name of the shard file `key` (which
+    /// must be one of this run's shard files).
+    fn shard(&self, run_id: &str) -> Result<u32, String> {
+        match (self.shard, &self.key) {
+            (Some(n), None) => Ok(n),
+            (None, Some(key)) => {
+                let marker = format!("_state/plans/{run_id}/shards/");
+                let name = key
+                    .rsplit_once(&marker)
+                    .map(|(_, name)| name)
+                    .ok_or_else(|| format!("{key:?} is not a shard file of run {run_id}"))?;
+                name.strip_suffix(".json")
+                    .filter(|n| n.len() == 5)
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| format!("{key:?} is not a shard file (NNNNN.json)"))
+            }
+            _ => Err("a shard step needs exactly one of shard and key".into()),
+        }
+    }
+}
+
+/// Runs one step of a distributed run; its answer is what the state machine passes on.
+async fn step(
+    payload: StepPayload,
+    base: Config,
+    s3_path_style: bool,
+) -> Result<serde_json::Value, lambda_runtime::Diagnostic> {
+    let invalid = |e: String| failure("InvalidPayload", format!("invalid step payload: {e}"));
+    let config = base.validate().map_err(|e| invalid(e.to_string()))?;
+    let options = RunOptions {
+        s3_path_style,
+        quiet: true,
+        ..RunOptions::default()
+    };
+    let failed = |e: crate::error::RunError| failure(e.name(), e.to_string());
+    let answer = match payload.step {
+        StepName::Plan => serde_json::to_value(
+            crate::distributed::plan(config, options)
+                .await
+                .map_err(failed)?,
+        ),
+        StepName::Shard => {
+            let run_id = payload.run_id().map_err(invalid)?;
+            let shard = payload.shard(&run_id).map_err(invalid)?;
+            let done = crate::distributed::shard(config, options, &run_id, shard)
+                .await
+                .map_err(failed)?;
+            let failed = done
+                .batch
+                .outcomes
+                .iter()
+                .filter(|o| o.failure.is_some())
+                .count();
+            Ok(
+                serde_json::json!({"run_id": run_id, "shard": shard, "attempt": done.attempt, "files": done.staged.len(), "targets_failed": failed}),
+            )
+        }
+        StepName::Commit => {
+            let run_id = payload.run_id().map_err(invalid)?;
+            let started = std::time::Instant::now();
+            let result = crate::distributed::commit(config, options, &run_id)
+                .await
+                .map_err(failed)?;
+            let summary = summarize(
+                &result.outcomes,
+                result.published,
+                started.elapsed().as_millis() as u64,
+            );
+            println!(
+                "{}",
+                emf_line(&summary, chrono::Utc::now().timestamp_millis())
+            );
+            serde_json::to_value(summary)
+        }
+    };
+    answer.map_err(|e| failure("EncodeFailed", e.to_string()))
 }
 
 /// What an invocation returns.
@@ -157,6 +265,13 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
             let base = base.clone();
             async move {
                 let started = std::time::Instant::now();
+                if event.payload.get("step").is_some() {
+                    let payload: StepPayload =
+                        serde_json::from_value(event.payload).map_err(|e| {
+                            failure("InvalidPayload", format!("invalid step payload: {e}"))
+                        })?;
+                    return step(payload, base, s3_path_style).await;
+                }
                 let payload: Payload = match event.payload {
                     serde_json::Value::Null => Payload::default(),
                     // An EventBridge rule's "Scheduled Event" carries no overrides.
@@ -191,7 +306,7 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
                     "{}",
                     emf_line(&summary, chrono::Utc::now().timestamp_millis())
                 );
-                Ok::<Summary, lambda_runtime::Diagnostic>(summary)
+                serde_json::to_value(summary).map_err(|e| failure("EncodeFailed", e.to_string()))
             }
         },
     );
@@ -253,6 +368,24 @@ mod tests {
             (org.accounts, org.only_accounts),
             (None, Some(vec!["333333333333".to_owned()]))
         );
+    }
+
+    #[test]
+    fn a_shard_item_names_its_shard_by_the_file_key() {
+        let run = "01a22523-15c9-7663-a2dd-5c91c247264d";
+        let item = |json: String| serde_json::from_str::<StepPayload>(&json).unwrap();
+        let key = format!("guardlake/_state/plans/{run}/shards/00007.json");
+        let payload = item(format!(
+            r#"{{"step":"shard","run_id":"{run}","key":"{key}"}}"#
+        ));
+        assert_eq!(payload.shard(&payload.run_id().unwrap()), Ok(7));
+        let other = item(format!(
+            r#"{{"step":"shard","run_id":"{run}","key":"x/_state/plans/other/shards/00007.json"}}"#
+        ));
+        assert!(other.shard(run).is_err(), "another run's shard file");
+        let bad = item(r#"{"step":"commit","run_id":"../x"}"#.to_owned());
+        assert!(bad.run_id().is_err());
+        assert!(serde_json::from_str::<StepPayload>(r#"{"step":"publish"}"#).is_err());
     }
 
     #[test]

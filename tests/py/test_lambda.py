@@ -20,8 +20,10 @@ from test_collect import BINARY, query
 class Runtime:
     """A minimal Lambda Runtime API: hands out the queued events, records the answers."""
 
-    def __init__(self, events: list[dict]):
+    def __init__(self, events: list[dict], script=None):
         self.events = list(events)
+        # Called with the answers so far when the queue is empty: the next events (a state machine).
+        self.script = script
         self.answers: dict[str, tuple[str, dict]] = {}
         self.done = threading.Event()
         runtime = self
@@ -34,6 +36,8 @@ class Runtime:
                 if self.path != "/2018-06-01/runtime/invocation/next":
                     self.send_error(404)
                     return
+                if not runtime.events and runtime.script:
+                    runtime.events.extend(runtime.script(runtime.answers))
                 if not runtime.events:
                     runtime.done.set()
                     time.sleep(30)  # no more work: the test stops the process
@@ -103,3 +107,46 @@ def test_binary_serves_lambda_invocations(tmp_path):
         assert named in error["errorMessage"] and "narrow" in error["errorMessage"], error
     assert query(lake, "runs", "select count(distinct account_id) from runs") == [(1,)], "nothing ran for them"
     assert all(line.startswith("{") for line in stderr.splitlines() if line.strip()), "logs are JSON lines"
+
+
+def test_the_function_runs_the_steps_of_a_distributed_run(tmp_path):
+    """What the Step Functions state machine sends: plan, one shard per shard file (the
+    Distributed Map item's S3 key), commit."""
+    accounts = create_org(["one", "two"])
+    for account in accounts:
+        seed_findings(account, "eu-west-1", findings_for(account, "eu-west-1", 3, datetime.now(timezone.utc) - timedelta(hours=2)))
+
+    def state_machine(answers: dict) -> list:
+        plan = answers.get("plan", (None, None))[1]
+        if plan is None or "commit" in answers:
+            return []
+        if not any(name.startswith("shard-") for name in answers):
+            return [(f"shard-{n}", {"step": "shard", "run_id": plan["run_id"], "key": f"{plan['prefix']}{n:05}.json"}) for n in range(plan["shards"])]
+        return [("commit", {"step": "commit", "run_id": plan["run_id"]})]
+
+    runtime = Runtime([("plan", {"step": "plan"}), ("bad", {"step": "shard", "run_id": "../x", "shard": 0})], script=state_machine)
+    lake = tmp_path / "lake"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job",
+        GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=",".join(accounts), GUARDLAKE_REGIONS="eu-west-1",
+    )  # fmt: skip
+    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runtime.done.wait(180), "the function served every step"
+    finally:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=30)
+    kind, plan = runtime.answers["plan"]
+    assert kind == "response" and plan["shards"] == 2, (plan, stderr[-2000:])
+    kind, error = runtime.answers["bad"]
+    assert kind == "error" and error["errorType"] == "InvalidPayload", error
+    for n in range(2):
+        kind, shard = runtime.answers[f"shard-{n}"]
+        assert kind == "response" and shard["shard"] == n and shard["files"] >= 1, shard
+    kind, summary = runtime.answers["commit"]
+    assert kind == "response" and summary["findings_written"] == 6 and summary["targets_ok"] == 2, summary
+    assert query(lake, "findings", "select count(*), count(distinct id) from findings") == [(6, 6)]
+
