@@ -79,6 +79,26 @@ pub struct Done {
     pub batch: Batch,
 }
 
+impl Done {
+    /// What a shard step reports: its attempt, files, and how many of its targets failed.
+    pub fn summary(&self, run_id: &str) -> serde_json::Value {
+        let failed = self
+            .batch
+            .outcomes
+            .iter()
+            .filter(|o| o.failure.is_some())
+            .count();
+        serde_json::json!({
+            "run_id": run_id,
+            "shard": self.shard,
+            "attempt": self.attempt,
+            "files": self.staged.len(),
+            "targets": self.batch.outcomes.len(),
+            "targets_failed": failed,
+        })
+    }
+}
+
 /// What `plan` prints (and returns to Step Functions): where the shard files are.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct PlanSummary {

@@ -102,15 +102,7 @@ async fn step(
             let done = crate::distributed::shard(config, options, &run_id, shard)
                 .await
                 .map_err(failed)?;
-            let failed = done
-                .batch
-                .outcomes
-                .iter()
-                .filter(|o| o.failure.is_some())
-                .count();
-            Ok(
-                serde_json::json!({"run_id": run_id, "shard": shard, "attempt": done.attempt, "files": done.staged.len(), "targets_failed": failed}),
-            )
+            Ok(done.summary(&run_id))
         }
         StepName::Commit => {
             let run_id = payload.run_id().map_err(invalid)?;
@@ -118,16 +110,7 @@ async fn step(
             let result = crate::distributed::commit(config, options, &run_id)
                 .await
                 .map_err(failed)?;
-            let summary = summarize(
-                &result.outcomes,
-                result.published,
-                started.elapsed().as_millis() as u64,
-            );
-            println!(
-                "{}",
-                emf_line(&summary, chrono::Utc::now().timestamp_millis())
-            );
-            serde_json::to_value(summary)
+            serde_json::to_value(finished(&result, started))
         }
     };
     answer.map_err(|e| failure("EncodeFailed", e.to_string()))
@@ -223,6 +206,20 @@ pub fn summarize(outcomes: &[TargetOutcome], published: bool, duration_ms: u64) 
     }
 }
 
+/// The summary of a finished run (single or committed), also printed as an EMF line.
+fn finished(result: &crate::run::RunResult, started: std::time::Instant) -> Summary {
+    let summary = summarize(
+        &result.outcomes,
+        result.published,
+        started.elapsed().as_millis() as u64,
+    );
+    println!(
+        "{}",
+        emf_line(&summary, chrono::Utc::now().timestamp_millis())
+    );
+    summary
+}
+
 /// One CloudWatch embedded-metric-format line for a run's summary.
 pub fn emf_line(summary: &Summary, timestamp_ms: i64) -> String {
     serde_json::json!({
@@ -297,16 +294,8 @@ pub async fn serve(base: Config, s3_path_style: bool) -> Result<(), lambda_runti
                 let result = crate::run::run(config, options)
                     .await
                     .map_err(|e| failure(e.name(), e.to_string()))?;
-                let summary = summarize(
-                    &result.outcomes,
-                    result.published,
-                    started.elapsed().as_millis() as u64,
-                );
-                println!(
-                    "{}",
-                    emf_line(&summary, chrono::Utc::now().timestamp_millis())
-                );
-                serde_json::to_value(summary).map_err(|e| failure("EncodeFailed", e.to_string()))
+                serde_json::to_value(finished(&result, started))
+                    .map_err(|e| failure("EncodeFailed", e.to_string()))
             }
         },
     );

@@ -253,21 +253,9 @@ fn shard_command(args: &ShardArgs, runtime: &tokio::runtime::Runtime) -> i32 {
     let step = guardlake::distributed::shard(config, options, &args.run_id, args.shard);
     match runtime.block_on(step) {
         Ok(done) => {
-            let failed = done
-                .batch
-                .outcomes
-                .iter()
-                .filter(|o| o.failure.is_some())
-                .count();
-            let summary = serde_json::json!({
-                "run_id": args.run_id,
-                "shard": done.shard,
-                "attempt": done.attempt,
-                "files": done.staged.len(),
-                "targets": done.batch.outcomes.len(),
-                "targets_failed": failed,
-            });
+            let summary = done.summary(&args.run_id);
             println!("{summary}");
+            let failed = summary["targets_failed"].as_u64().unwrap_or_default();
             if failed == 0 {
                 exit_code::OK
             } else {

@@ -70,20 +70,24 @@ class Runtime:
         return f"127.0.0.1:{self.server.server_address[1]}"
 
 
+def start_function(runtime: Runtime, **config: str) -> subprocess.Popen:
+    """The binary as Lambda starts it: no arguments, the runtime API and the function's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job", **config,
+    )  # fmt: skip
+    return subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_binary_serves_lambda_invocations(tmp_path):
     [account] = create_org(["lambda"])
     seed_findings(account, "eu-west-1", findings_for(account, "eu-west-1", 5, datetime.now(timezone.utc) - timedelta(hours=2)))
     runtime = Runtime([("req-1", {"regions": ["eu-west-1"]}), ("req-2", {"region": "typo"}),
                        ("req-3", {"accounts": ["999999999999"]}), ("req-4", {"regions": ["ap-south-1"]})])  # fmt: skip
     lake = tmp_path / "lake"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
-    env.update(
-        AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
-        AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job",
-        GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=account, GUARDLAKE_REGIONS="us-east-1,eu-west-1",
-    )  # fmt: skip
-    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_function(runtime, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=account, GUARDLAKE_REGIONS="us-east-1,eu-west-1")
     try:
         assert runtime.done.wait(120), "the function asked for its next event after both"
     finally:
@@ -126,14 +130,7 @@ def test_the_function_runs_the_steps_of_a_distributed_run(tmp_path):
 
     runtime = Runtime([("plan", {"step": "plan"}), ("bad", {"step": "shard", "run_id": "../x", "shard": 0})], script=state_machine)
     lake = tmp_path / "lake"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
-    env.update(
-        AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
-        AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job",
-        GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=",".join(accounts), GUARDLAKE_REGIONS="eu-west-1",
-    )  # fmt: skip
-    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_function(runtime, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=",".join(accounts), GUARDLAKE_REGIONS="eu-west-1")
     try:
         assert runtime.done.wait(180), "the function served every step"
     finally:
