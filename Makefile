@@ -29,7 +29,7 @@ CODE_KEY ?= guardlake/lambda-$(shell git rev-parse --short HEAD 2>/dev/null || e
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench schemas infra package deploy deploy-preflight deploy-members clean
+.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench bench-scale schemas infra package deploy deploy-preflight deploy-members clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +92,12 @@ infra: venv ## Regenerate infra/hub.yaml (Glue tables from schemas/, named queri
 bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 	$(PY) tests/bench/orgtrail_vs_duckdb.py
+
+bench-scale: venv ## One process vs a distributed run (1/2/4 shard processes), 200 accounts x 4 regions, 100 ms latency per call → bench/scale.txt
+	@$(MAKE) --no-print-directory emulator
+	@set -o pipefail; status=0; \
+	  $(AWS_ENV) $(PY) tests/bench/scale.py || status=$$?; \
+	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 $(ZIGBUILD):
 	$(CARGO) install cargo-zigbuild --locked --version $(ZIGBUILD_VERSION) --root $(TOOLS)
