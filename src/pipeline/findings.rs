@@ -324,7 +324,6 @@ impl<'a> Findings<'a> {
                 return self.reject(chain, owner, id, &reason, &finding, tally);
             }
         };
-        tally.counts.entry(owner.to_owned()).or_default().read += 1;
         self.drift.lock().unwrap_or_else(|p| p.into_inner()).record(
             value,
             owner,
@@ -337,10 +336,11 @@ impl<'a> Findings<'a> {
             Err(reason) => {
                 let reason = reason.to_string();
                 warn!(finding_id = id.unwrap_or("?"), reason = %reason, "Quarantined a malformed finding.");
-                tally.counts.entry(owner.to_owned()).or_default().read -= 1;
                 return self.reject(chain, owner, id, &reason, &finding, tally);
             }
         };
+        // Read, whether new or a version already published.
+        tally.counts.entry(owner.to_owned()).or_default().read += 1;
         let key = (row.id.clone(), row.updated_at_ms);
         let in_lake = !self.existing.is_empty()
             && self.existing.contains(&(
