@@ -27,7 +27,7 @@ use crate::pipeline::publish::Publish;
 use crate::pipeline::{drift, Run, RunOptions};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::sink::store::Store;
-use crate::state::lock::RunLock;
+use crate::state::lock::{LockError, RunLock};
 use crate::table::SourceName;
 
 /// The plan of a distributed run: what every shard and the commit share.
@@ -294,7 +294,7 @@ pub async fn shard(
     let open = open(&config, &options, &attempt).await?;
     RunLock::holder(&open.store, run_id)
         .await
-        .map_err(|_| lock_lost(run_id))?;
+        .map_err(|e| fenced(e, run_id))?;
     let plan: Plan = read_json(&open.store, &plan_key(run_id), "plan").await?;
     let file: ShardFile = read_json(&open.store, &shard_key(run_id, shard), "shard file").await?;
     let stem = format!("{run_id}-s{shard:05}");
@@ -341,6 +341,14 @@ async fn remove_plan(store: &Store, run_id: &str) {
         if let Err(e) = store.delete(&key).await {
             warn!(error = %e, "Could not delete a committed run's plan file.");
         }
+    }
+}
+
+/// A lock that no longer names the run stops the step; a store error reading it is that error.
+fn fenced(e: LockError, run_id: &str) -> RunError {
+    match e {
+        LockError::Store(e) => e.into(),
+        _ => lock_lost(run_id),
     }
 }
 
@@ -418,7 +426,7 @@ pub async fn commit(
     let lease = Duration::from_secs(config.lock_lease_secs);
     let lock = RunLock::resume(&open.store, run_id, lease)
         .await
-        .map_err(|_| lock_lost(run_id))?;
+        .map_err(|e| fenced(e, run_id))?;
     let keep_alive = lock.keep_alive(open.store.clone());
     let result = publish_shards(&config, &options, &open, &lock, run_id, started).await;
     keep_alive.abort();
