@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::aws::Aws;
 use crate::clock::now_ms;
 use crate::config::{CloudTrailMode, Mode, ValidatedConfig};
 use crate::discover::Skipped;
 use crate::error::{RunError, TargetFailure, TargetStatus};
 use crate::pipeline::batch::{self, Batch};
 use crate::pipeline::findings::{self, Chain};
-use crate::pipeline::lock::{lock_and_recover, open_store, WorkDir};
+use crate::pipeline::lock::{lock_and_recover, open, Opened};
 use crate::pipeline::publish::Publish;
 use crate::pipeline::{drift, Run, RunOptions};
 use crate::report::{self, TargetOutcome, Totals};
@@ -186,26 +185,6 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RunError> {
     serde_json::to_vec(value).map_err(|e| RunError::Encode(e.to_string()))
 }
 
-/// What every step opens: AWS, the lake, a scratch directory.
-struct Open {
-    aws: Aws,
-    store: Arc<Store>,
-    work_dir: WorkDir,
-}
-
-async fn open(config: &ValidatedConfig, options: &RunOptions, id: &str) -> Result<Open, RunError> {
-    let aws = Aws::load(config, id, options.s3_path_style)
-        .await
-        .map_err(RunError::Discovery)?;
-    let store = Arc::new(open_store(config, || async { aws.s3() }).await);
-    let work_dir = WorkDir::create(config, id)?;
-    Ok(Open {
-        aws,
-        store,
-        work_dir,
-    })
-}
-
 /// `guardlake plan`: takes the lock (held until `commit` releases it, or its lease ends),
 /// recovers, discovers, and writes the shard files and then the plan.
 pub async fn plan(config: ValidatedConfig, options: RunOptions) -> Result<PlanSummary, RunError> {
@@ -213,16 +192,7 @@ pub async fn plan(config: ValidatedConfig, options: RunOptions) -> Result<PlanSu
     let run_start_ms = now_ms();
     let open = open(&config, &options, &run_id).await?;
     let lock = lock_and_recover(&open.store, &run_id, config.lock_lease_secs).await?;
-    let run = Run {
-        config: &config,
-        options: &options,
-        aws: &open.aws,
-        store: &open.store,
-        run_id: &run_id,
-        run_start_ms,
-        work_dir: &open.work_dir.0,
-        stem: &run_id,
-    };
+    let run = open.run(&config, &options, (&run_id, run_start_ms), &run_id);
     let written = write_plan(&run).await;
     if written.is_err() {
         if let Err(e) = lock.release(&open.store).await {
@@ -298,16 +268,7 @@ pub async fn shard(
     let plan: Plan = read_json(&open.store, &plan_key(run_id), "plan").await?;
     let file: ShardFile = read_json(&open.store, &shard_key(run_id, shard), "shard file").await?;
     let stem = format!("{run_id}-s{shard:05}");
-    let run = Run {
-        config: &config,
-        options: &options,
-        aws: &open.aws,
-        store: &open.store,
-        run_id,
-        run_start_ms: plan.run_start_ms,
-        work_dir: &open.work_dir.0,
-        stem: &stem,
-    };
+    let run = open.run(&config, &options, (run_id, plan.run_start_ms), &stem);
     let known: HashSet<String> = plan.known_accounts.into_iter().collect();
     let mut batch =
         batch::collect(&run, known, file.chains.into_iter().map(chain).collect()).await?;
@@ -442,7 +403,7 @@ pub async fn commit(
 async fn publish_shards(
     config: &ValidatedConfig,
     options: &RunOptions,
-    open: &Open,
+    open: &Opened,
     lock: &RunLock,
     run_id: &str,
     started: Instant,
@@ -479,16 +440,7 @@ async fn publish_shards(
             }
         }
     }
-    let run = Run {
-        config,
-        options,
-        aws: &open.aws,
-        store: &open.store,
-        run_id,
-        run_start_ms: plan.run_start_ms,
-        work_dir: &open.work_dir.0,
-        stem: run_id,
-    };
+    let run = open.run(config, options, (run_id, plan.run_start_ms), run_id);
     let drift = drift::report(&run, drift_log).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
     let (outcomes, committed) = publish

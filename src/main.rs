@@ -62,7 +62,9 @@ fn async_runtime() -> tokio::runtime::Runtime {
         })
 }
 
-fn exit_for(err: &RunError) -> i32 {
+/// Prints a failed command's error and returns its exit code.
+fn failed(err: &RunError) -> i32 {
+    eprintln!("error: {err}");
     match err {
         RunError::Config(_) => exit_code::CONFIG,
         RunError::Locked(_) => exit_code::LOCKED,
@@ -181,10 +183,7 @@ fn run_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
     match runtime.block_on(guardlake::run::run(config, options)) {
         Ok(result) if result.all_ok() => exit_code::OK,
         Ok(_) => exit_code::PARTIAL,
-        Err(err) => {
-            eprintln!("error: {err}");
-            exit_for(&err)
-        }
+        Err(err) => failed(&err),
     }
 }
 
@@ -211,10 +210,7 @@ fn compact_command(args: &CompactArgs, runtime: &tokio::runtime::Runtime) -> i32
             }
             exit_code::OK
         }
-        Err(err) => {
-            eprintln!("error: {err}");
-            exit_for(&err)
-        }
+        Err(err) => failed(&err),
     }
 }
 
@@ -240,10 +236,7 @@ fn plan_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
             println!("{}", serde_json::to_string(&plan).unwrap_or_default());
             exit_code::OK
         }
-        Err(err) => {
-            eprintln!("error: {err}");
-            exit_for(&err)
-        }
+        Err(err) => failed(&err),
     }
 }
 
@@ -262,10 +255,7 @@ fn shard_command(args: &ShardArgs, runtime: &tokio::runtime::Runtime) -> i32 {
                 exit_code::PARTIAL
             }
         }
-        Err(err) => {
-            eprintln!("error: {err}");
-            exit_for(&err)
-        }
+        Err(err) => failed(&err),
     }
 }
 
@@ -279,9 +269,6 @@ fn commit_command(args: &CommitArgs, runtime: &tokio::runtime::Runtime) -> i32 {
     )) {
         Ok(result) if result.all_ok() => exit_code::OK,
         Ok(_) => exit_code::PARTIAL,
-        Err(err) => {
-            eprintln!("error: {err}");
-            exit_for(&err)
-        }
+        Err(err) => failed(&err),
     }
 }

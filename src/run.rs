@@ -9,13 +9,12 @@ use std::time::Instant;
 
 use tracing::{info, info_span, Instrument};
 
-use crate::aws::Aws;
 use crate::clock::now_ms;
 use crate::config::ValidatedConfig;
 use crate::discover::{self, Accounts};
 use crate::error::RunError;
 use crate::pipeline::findings;
-use crate::pipeline::lock::{open_store, with_lock, WorkDir};
+use crate::pipeline::lock::{open, with_lock};
 use crate::pipeline::publish::Publish;
 use crate::pipeline::{batch, drift, Run};
 use crate::report::{self, TargetOutcome, Totals};
@@ -43,23 +42,11 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
     let run_start_ms = now_ms();
     let span = info_span!("run", run_id = %run_id);
     async {
-        let aws = Aws::load(&config, &run_id, options.s3_path_style)
-            .await
-            .map_err(RunError::Discovery)?;
+        let opened = open(&config, &options, &run_id).await?;
+        let (aws, store) = (&opened.aws, &opened.store);
         let mode = config.mode.as_str();
         info!(home_account = %aws.home_account, home_region = %aws.home_region, mode, "Starting run.");
-        let store = Arc::new(open_store(&config, || async { aws.s3() }).await);
-        let work_dir = WorkDir::create(&config, &run_id)?;
-        let run = Run {
-            config: &config,
-            options: &options,
-            aws: &aws,
-            store: &store,
-            run_id: &run_id,
-            run_start_ms,
-            work_dir: &work_dir.0,
-            stem: &run_id,
-        };
+        let run = opened.run(&config, &options, (&run_id, run_start_ms), &run_id);
         // A dry run only reads: no lock, no recovery.
         if config.dry_run {
             return dry_run(&run).await;
@@ -67,7 +54,7 @@ pub async fn run(config: ValidatedConfig, options: RunOptions) -> Result<RunResu
         let run = &run;
         let lease = config.lock_lease_secs;
         let body = |lock: Arc<RunLock>| async move { collect_and_publish(run, &lock, started).await };
-        with_lock(&store, &run_id, lease, body).await
+        with_lock(store, &run_id, lease, body).await
     }
     .instrument(span)
     .await

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::{Run, RunOptions};
+use crate::aws::Aws;
 use crate::config::{ConfigError, Output, ValidatedConfig};
 use crate::error::RunError;
 use crate::sink::store::Store;
@@ -38,6 +40,54 @@ where
             sse_kms_key_id: config.sse_kms_key_id.clone(),
             part_bytes: crate::sink::store::MULTIPART_PART_BYTES,
         },
+    }
+}
+
+/// What a run, a plan, a shard or a commit opens: AWS, the lake, a scratch directory.
+pub struct Opened {
+    pub aws: Aws,
+    pub store: Arc<Store>,
+    pub work_dir: WorkDir,
+}
+
+/// Loads AWS (credentials, home account) and opens the lake and a scratch directory named `id`.
+pub async fn open(
+    config: &ValidatedConfig,
+    options: &RunOptions,
+    id: &str,
+) -> Result<Opened, RunError> {
+    let aws = Aws::load(config, id, options.s3_path_style)
+        .await
+        .map_err(RunError::Discovery)?;
+    let store = Arc::new(open_store(config, || async { aws.s3() }).await);
+    let work_dir = WorkDir::create(config, id)?;
+    Ok(Opened {
+        aws,
+        store,
+        work_dir,
+    })
+}
+
+impl Opened {
+    /// The context of run `run_id` (started at `run_start_ms`) over what is open; its files are
+    /// named after `stem`.
+    pub fn run<'a>(
+        &'a self,
+        config: &'a ValidatedConfig,
+        options: &'a RunOptions,
+        (run_id, run_start_ms): (&'a str, i64),
+        stem: &'a str,
+    ) -> Run<'a> {
+        Run {
+            config,
+            options,
+            aws: &self.aws,
+            store: &self.store,
+            run_id,
+            run_start_ms,
+            work_dir: &self.work_dir.0,
+            stem,
+        }
     }
 }
 

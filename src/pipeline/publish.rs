@@ -71,12 +71,11 @@ impl Publish {
         self
     }
 
-    /// The `runs` rows so far, sorted by account, region and source.
-    pub fn sorted_outcomes(&mut self) -> &[TargetOutcome] {
+    /// Sorts the `runs` rows by account, region and source.
+    fn sort_outcomes(&mut self) {
         self.outcomes.sort_by(|a, b| {
             (&a.account_id, &a.region, a.source).cmp(&(&b.account_id, &b.region, b.source))
         });
-        &self.outcomes
     }
 
     /// Writes the `runs` rows, stages every file, writes the journal (if `lock` still names
@@ -88,7 +87,7 @@ impl Publish {
         work_dir: &std::path::Path,
         run_start_ms: i64,
     ) -> Result<(Vec<TargetOutcome>, Committed), RunError> {
-        self.sorted_outcomes();
+        self.sort_outcomes();
         let run_id = self.run_id.clone();
         let runs = report::runs_batch(&run_id, &self.outcomes)
             .map_err(|e| RunError::Encode(e.to_string()))?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::sink::store::{PutError, Store, StoreError, Tag};
 
 pub const LOCK_KEY: &str = "_state/lock.json";
@@ -40,10 +41,6 @@ pub struct RunLock {
     lease_ms: i64,
     tag: Mutex<Tag>,
     lost: AtomicBool,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn iso(ms: i64) -> String {

@@ -13,8 +13,6 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::store::{Store, StoreError, Tag};
-
 pub use crate::crash::{crash_point, set_crash_point, CrashPoint, Phase, Step};
 
 /// What a target's last successful run published.
@@ -89,22 +87,6 @@ impl Watermark {
 /// Object key of a target's state.
 pub fn key(source: &str, account_id: &str, region: &str) -> String {
     format!("_state/{source}/{account_id}/{region}.json")
-}
-
-/// A target's checkpoint and its version tag (for the conditional write that advances it).
-pub async fn load(
-    store: &Store,
-    source: &str,
-    account_id: &str,
-    region: &str,
-) -> Result<Option<(Watermark, Tag)>, StoreError> {
-    let key = key(source, account_id, region);
-    match store.get_tagged(&key).await? {
-        None => Ok(None),
-        Some((bytes, tag)) => serde_json::from_slice(&bytes)
-            .map(|mark| Some((mark, tag)))
-            .map_err(|e| StoreError::new(key, format!("checkpoint is not valid JSON: {e}"))),
-    }
 }
 
 #[cfg(test)]

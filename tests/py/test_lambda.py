@@ -70,15 +70,22 @@ class Runtime:
         return f"127.0.0.1:{self.server.server_address[1]}"
 
 
-def start_function(runtime: Runtime, **config: str) -> subprocess.Popen:
-    """The binary as Lambda starts it: no arguments, the runtime API and the function's environment."""
+def serve(runtime: Runtime, seconds: int, **config: str) -> tuple[str, str]:
+    """Runs the binary as Lambda starts it (no arguments, the runtime API and the function's
+    environment) until it has asked for an event after the last one; its stdout and stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
     env.update(
         AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
         AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
         AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job", **config,
     )  # fmt: skip
-    return subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runtime.done.wait(seconds), "the function asked for its next event after the last one"
+    finally:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=30)
+    return stdout, stderr
 
 
 def test_binary_serves_lambda_invocations(tmp_path):
@@ -87,12 +94,7 @@ def test_binary_serves_lambda_invocations(tmp_path):
     runtime = Runtime([("req-1", {"regions": ["eu-west-1"]}), ("req-2", {"region": "typo"}),
                        ("req-3", {"accounts": ["999999999999"]}), ("req-4", {"regions": ["ap-south-1"]})])  # fmt: skip
     lake = tmp_path / "lake"
-    process = start_function(runtime, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=account, GUARDLAKE_REGIONS="us-east-1,eu-west-1")
-    try:
-        assert runtime.done.wait(120), "the function asked for its next event after both"
-    finally:
-        process.kill()
-        stdout, stderr = process.communicate(timeout=30)
+    stdout, stderr = serve(runtime, 120, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=account, GUARDLAKE_REGIONS="us-east-1,eu-west-1")
     kind, summary = runtime.answers["req-1"]
     assert kind == "response", (summary, stderr[-2000:])
     assert summary["findings_written"] == 5 and summary["targets"] == 1 and summary["targets_ok"] == 1, summary
@@ -130,12 +132,7 @@ def test_the_function_runs_the_steps_of_a_distributed_run(tmp_path):
 
     runtime = Runtime([("plan", {"step": "plan"}), ("bad", {"step": "shard", "run_id": "../x", "shard": 0})], script=state_machine)
     lake = tmp_path / "lake"
-    process = start_function(runtime, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=",".join(accounts), GUARDLAKE_REGIONS="eu-west-1")
-    try:
-        assert runtime.done.wait(180), "the function served every step"
-    finally:
-        process.kill()
-        stdout, stderr = process.communicate(timeout=30)
+    stdout, stderr = serve(runtime, 180, GUARDLAKE_OUTPUT=str(lake), GUARDLAKE_ACCOUNTS=",".join(accounts), GUARDLAKE_REGIONS="eu-west-1")
     kind, plan = runtime.answers["plan"]
     assert kind == "response" and plan["shards"] == 2, (plan, stderr[-2000:])
     kind, error = runtime.answers["bad"]
