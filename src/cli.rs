@@ -33,7 +33,12 @@ pub enum Command {
     /// Distributed run, step 2: collect one shard of a planned run and stage it; publishes
     /// nothing (retries and duplicate runs only leave attempts that commit ignores).
     Shard(Box<ShardArgs>),
-    /// Distributed run, step 3: publish one finished attempt of every shard through one
+    /// Distributed run, after the findings shards when CloudTrail has its own phase (org-trail
+    /// mode, or delegated-admin mode with lookup): gather every new finding version and write
+    /// the CloudTrail batches (collected with `shard`, numbered after the findings shards);
+    /// prints where they are as JSON.
+    PlanTrail(Box<CommitArgs>),
+    /// Distributed run, last step: publish one finished attempt of every shard through one
     /// journal (shards that never finished fail as ShardFailed), then release the lock.
     Commit(Box<CommitArgs>),
     /// Print the lake's tables as Athena DDL, Markdown column docs, or JSON Schema.

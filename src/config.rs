@@ -196,6 +196,9 @@ pub struct Config {
     /// Org-trail mode: the o-… id in the object keys [default: Organizations DescribeOrganization].
     #[arg(long, env = "GUARDLAKE_TRAIL_ORG_ID", value_name = "ID")]
     pub trail_org_id: Option<String>,
+    /// Distributed org-trail runs: trail objects a batch reads at most, by estimate (288 per log prefix and delivery day); an account's backlog above it is split into region and day batches, 288 to 1000000 [default: 2000].
+    #[arg(long, env = "GUARDLAKE_TRAIL_SHARD_OBJECTS", value_name = "N")]
+    pub trail_shard_objects: Option<u64>,
 }
 
 /// Where the lake lives.
@@ -260,6 +263,7 @@ pub struct ValidatedConfig {
     pub lookup_pad_secs: i64,
     pub trail: Option<TrailSource>,
     pub trail_org_id: Option<String>,
+    pub trail_shard_objects: u64,
 }
 
 /// Where the organization trail's objects are read from.
@@ -359,6 +363,7 @@ impl Config {
         Ok(ValidatedConfig {
             trail,
             trail_org_id: self.trail_org_id,
+            trail_shard_objects: numbers.trail_shard_objects,
             cloudtrail,
             watchlist,
             lookup_pad_secs: numbers.lookup_pad_secs as i64,
@@ -611,7 +616,18 @@ impl Config {
             86_400,
             "use 0 to 86400 seconds (at most a day)",
         )?;
+        let trail_shard_objects = self
+            .trail_shard_objects
+            .unwrap_or(DEFAULT_TRAIL_SHARD_OBJECTS);
+        in_range(
+            ("trail_shard_objects", "--trail-shard-objects"),
+            trail_shard_objects,
+            288,
+            1_000_000,
+            "a batch holds at least one log prefix's day (288 objects); use 288 to 1000000",
+        )?;
         Ok(Numbers {
+            trail_shard_objects,
             lookback_days,
             overlap_secs,
             max_attempts,
@@ -770,6 +786,7 @@ struct Numbers {
     flush_bytes: u64,
     lock_lease_secs: u64,
     lookup_pad_secs: u64,
+    trail_shard_objects: u64,
 }
 
 /// Rows buffered before they are sorted and encoded (`flush_bytes`): 32 MiB keeps a run over
@@ -784,6 +801,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_LOCK_LEASE_SECS: u64 = 900;
 pub const DEFAULT_LOOKUP_PAD_SECS: u64 = 900;
+pub const DEFAULT_TRAIL_SHARD_OBJECTS: u64 = 2000;
 pub const MIN_FLUSH_BYTES: u64 = 1 << 20;
 pub const MAX_FLUSH_BYTES: u64 = 1 << 30;
 
@@ -928,6 +946,10 @@ mod tests {
             ("flush_bytes", DEFAULT_FLUSH_BYTES.to_string()),
             ("lock_lease_secs", DEFAULT_LOCK_LEASE_SECS.to_string()),
             ("lookup_pad_secs", DEFAULT_LOOKUP_PAD_SECS.to_string()),
+            (
+                "trail_shard_objects",
+                DEFAULT_TRAIL_SHARD_OBJECTS.to_string(),
+            ),
         ] {
             let text = help(id);
             assert!(

@@ -28,7 +28,8 @@ pub struct Payload {
 
 /// A step of a distributed run (the Step Functions state machine's payloads):
 /// `{"step":"plan"}`, `{"step":"shard","run_id":R,"key":K}` (a Distributed Map item: the shard
-/// file's S3 key; or `"shard":N`), `{"step":"commit","run_id":R}`.
+/// or CloudTrail batch file's S3 key; or `"shard":N`), `{"step":"plan-trail","run_id":R}`,
+/// `{"step":"commit","run_id":R}`.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StepPayload {
@@ -39,10 +40,11 @@ pub struct StepPayload {
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum StepName {
     Plan,
     Shard,
+    PlanTrail,
     Commit,
 }
 
@@ -61,10 +63,12 @@ impl StepPayload {
         match (self.shard, &self.key) {
             (Some(n), None) => Ok(n),
             (None, Some(key)) => {
-                let marker = format!("_state/plans/{run_id}/shards/");
-                let name = key
-                    .rsplit_once(&marker)
-                    .map(|(_, name)| name)
+                let name = ["shards", "trail"]
+                    .iter()
+                    .find_map(|folder| {
+                        key.rsplit_once(&format!("_state/plans/{run_id}/{folder}/"))
+                            .map(|(_, name)| name)
+                    })
                     .ok_or_else(|| format!("{key:?} is not a shard file of run {run_id}"))?;
                 name.strip_suffix(".json")
                     .filter(|n| n.len() == 5)
@@ -103,6 +107,14 @@ async fn step(
                 .await
                 .map_err(failed)?;
             Ok(done.summary(&run_id))
+        }
+        StepName::PlanTrail => {
+            let run_id = payload.run_id().map_err(invalid)?;
+            serde_json::to_value(
+                crate::distributed::trail::plan_trail(config, options, &run_id)
+                    .await
+                    .map_err(failed)?,
+            )
         }
         StepName::Commit => {
             let run_id = payload.run_id().map_err(invalid)?;
@@ -368,6 +380,12 @@ mod tests {
             r#"{{"step":"shard","run_id":"{run}","key":"{key}"}}"#
         ));
         assert_eq!(payload.shard(&payload.run_id().unwrap()), Ok(7));
+        let batch = item(format!(
+            r#"{{"step":"shard","run_id":"{run}","key":"_state/plans/{run}/trail/00012.json"}}"#
+        ));
+        assert_eq!(batch.shard(run), Ok(12), "a CloudTrail batch file");
+        let trail = item(format!(r#"{{"step":"plan-trail","run_id":"{run}"}}"#));
+        assert_eq!(trail.step, StepName::PlanTrail);
         let other = item(format!(
             r#"{{"step":"shard","run_id":"{run}","key":"x/_state/plans/other/shards/00007.json"}}"#
         ));

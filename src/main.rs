@@ -155,6 +155,7 @@ fn main() {
         Command::Compact(args) => compact_command(&args, &runtime),
         Command::Plan(args) => plan_command(&args, &runtime),
         Command::Shard(args) => shard_command(&args, &runtime),
+        Command::PlanTrail(args) => plan_trail_command(&args, &runtime),
         Command::Commit(args) => commit_command(&args, &runtime),
     };
     std::process::exit(code);
@@ -232,6 +233,19 @@ fn step_config(args: &RunArgs, step: &str) -> (ValidatedConfig, RunOptions) {
 fn plan_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
     let (config, options) = step_config(args, "plan");
     match runtime.block_on(guardlake::distributed::plan(config, options)) {
+        Ok(plan) => {
+            println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            exit_code::OK
+        }
+        Err(err) => failed(&err),
+    }
+}
+
+/// `guardlake plan-trail`: prints where the CloudTrail batches are, as JSON.
+fn plan_trail_command(args: &CommitArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let (config, options) = step_config(&args.run, "plan-trail");
+    let step = guardlake::distributed::trail::plan_trail(config, options, &args.run_id);
+    match runtime.block_on(step) {
         Ok(plan) => {
             println!("{}", serde_json::to_string(&plan).unwrap_or_default());
             exit_code::OK

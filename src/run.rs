@@ -96,7 +96,7 @@ async fn collect_and_publish(
 ) -> Result<RunResult, RunError> {
     let accounts = accounts(run).await?;
     let (chains, failed) = findings::targets(run, &accounts.active).await;
-    let batch = batch::collect(run, known_accounts(&accounts), chains).await?;
+    let batch = batch::collect(run, known_accounts(&accounts), chains, batch::Events::Here).await?;
     let mut publish = Publish::new(run.run_id);
     publish
         .outcomes(failed)

@@ -2,12 +2,12 @@
 //! plain data (outcomes, checkpoints, local files and their lake keys, drift) that a publish
 //! commits, in this process (`run`) or in another (`commit`, after `shard`s).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{Events, Prepared};
+use super::events::{self, Account, Prepared};
 use super::findings::{self, Chain, Findings};
 use super::{collect_all, Run};
 use crate::config::CloudTrailMode;
@@ -28,14 +28,29 @@ pub struct Batch {
     pub drift: DriftLog,
     /// Finding versions skipped as already published.
     pub duplicates: u64,
+    /// The new finding versions, when their CloudTrail events are collected later (by the
+    /// trail batches of a distributed run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub correlations: Vec<Correlation>,
 }
 
-/// Collects `chains` (GuardDuty), then CloudTrail for the accounts and regions they covered
-/// and the new finding versions they found. `known` is every account of the organization.
+/// Where a batch's CloudTrail events are collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// With the findings, in the same process.
+    Here,
+    /// Later, by other processes: the batch keeps the correlations.
+    Later,
+}
+
+/// Collects `chains` (GuardDuty), then (`events` Here) CloudTrail for the accounts and regions
+/// they covered and the new finding versions they found. `known` is every account of the
+/// organization.
 pub async fn collect(
     run: &Run<'_>,
     known: HashSet<String>,
     chains: Vec<Chain>,
+    events: Events,
 ) -> Result<Batch, RunError> {
     let covered = findings::covered(&chains);
     let (guardduty, writer) = Findings::new(run, known).await?;
@@ -49,22 +64,29 @@ pub async fn collect(
         files: found.files,
         drift: found.drift,
         duplicates: found.duplicates,
+        correlations: Vec::new(),
     };
-    if run.config.cloudtrail != CloudTrailMode::Off {
-        collect_cloudtrail(run, covered, found.correlations, &mut batch).await?;
-        crash_point(CrashPoint::AfterCloudtrail);
+    match (run.config.cloudtrail, events) {
+        (CloudTrailMode::Off, _) => {}
+        (_, Events::Here) => {
+            let targets = events::accounts(covered, found.correlations.clone());
+            collect_cloudtrail(run, targets, &found.correlations, &mut batch).await?;
+            crash_point(CrashPoint::AfterCloudtrail);
+        }
+        (_, Events::Later) => batch.correlations = found.correlations,
     }
     Ok(batch)
 }
 
-/// The CloudTrail events of the covered accounts and behind the new finding versions.
-async fn collect_cloudtrail(
+/// The CloudTrail events of `targets` (accounts, their regions and the new finding versions
+/// to correlate), into `batch`.
+pub async fn collect_cloudtrail(
     run: &Run<'_>,
-    covered: BTreeMap<String, Vec<String>>,
-    correlations: Vec<Correlation>,
+    targets: Vec<Account>,
+    correlations: &[Correlation],
     batch: &mut Batch,
 ) -> Result<(), RunError> {
-    match Events::prepare(run, covered, correlations).await? {
+    match events::Events::prepare(run, targets, correlations).await? {
         Prepared::Ready(cloudtrail, targets) => {
             let concurrency = run.config.concurrency.get();
             let gathered = collect_all(

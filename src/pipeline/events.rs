@@ -32,6 +32,9 @@ pub struct Account {
     pub account_id: String,
     pub regions: Vec<String>,
     pub correlations: Vec<Correlation>,
+    /// Org-trail: per region, the delivery days to read (a distributed run's day batch); a
+    /// region not named is read from its cursor on.
+    pub days: BTreeMap<String, orgtrail::Days>,
 }
 
 /// How the events are read.
@@ -64,7 +67,7 @@ pub enum Prepared<'a> {
 }
 
 /// The targets: every covered account, and every account a finding to correlate names.
-fn accounts(
+pub fn accounts(
     covered: BTreeMap<String, Vec<String>>,
     correlations: Vec<Correlation>,
 ) -> Vec<Account> {
@@ -80,16 +83,19 @@ fn accounts(
         .map(|account_id| Account {
             regions: covered.get(&account_id).cloned().unwrap_or_default(),
             correlations: by_account.remove(&account_id).unwrap_or_default(),
+            days: BTreeMap::new(),
             account_id,
         })
         .collect()
 }
 
 impl<'a> Events<'a> {
+    /// The source for `targets`; in org-trail mode, `correlations` (every new finding version
+    /// of the run) decide which records are relevant, whatever account's trail holds them.
     pub async fn prepare(
         run: &'a Run<'a>,
-        covered: BTreeMap<String, Vec<String>>,
-        correlations: Vec<Correlation>,
+        targets: Vec<Account>,
+        correlations: &[Correlation],
     ) -> Result<Prepared<'a>, RunError> {
         let config = run.config;
         let reader = match (&config.cloudtrail, &config.trail) {
@@ -99,13 +105,13 @@ impl<'a> Events<'a> {
                     None => match organization_id(run.aws).await {
                         Ok(id) => id,
                         Err(failure) => {
-                            return Ok(Prepared::Failed(no_org_id(run, &covered, failure)))
+                            return Ok(Prepared::Failed(no_org_id(run, &targets, failure)))
                         }
                     },
                 };
                 let rules = orgtrail::Rules::new(
                     &config.watchlist,
-                    &correlations,
+                    correlations,
                     config.lookup_pad_secs * 1000,
                 );
                 Reader::OrgTrail(Box::new(OrgTrail {
@@ -150,10 +156,7 @@ impl<'a> Events<'a> {
             sink,
             links: Mutex::new(Vec::new()),
         };
-        Ok(Prepared::Ready(
-            Box::new(events),
-            accounts(covered, correlations),
-        ))
+        Ok(Prepared::Ready(Box::new(events), targets))
     }
 
     /// The files to publish: events, links, and the quarantined records.
@@ -240,7 +243,7 @@ impl<'a> Events<'a> {
                     &account.account_id,
                     &account.regions,
                     state,
-                    reading,
+                    (reading, &account.days),
                     &self.lake_has,
                 )
                 .await)
@@ -399,15 +402,11 @@ fn trail_store(run: &Run<'_>, source: &TrailSource) -> Store {
 
 /// Without the org id no trail key can be named: every CloudTrail target fails, classified;
 /// the findings are still published.
-fn no_org_id(
-    run: &Run<'_>,
-    covered: &BTreeMap<String, Vec<String>>,
-    failure: TargetFailure,
-) -> Vec<TargetOutcome> {
+pub fn no_org_id(run: &Run<'_>, targets: &[Account], failure: TargetFailure) -> Vec<TargetOutcome> {
     warn!(status = failure.status.as_str(), message = %failure.message, "No organization id for the trail's keys; CloudTrail targets fail.");
-    covered
+    targets
         .iter()
-        .flat_map(|(account, regions)| regions.iter().map(move |region| (account, region)))
+        .flat_map(|t| t.regions.iter().map(move |region| (&t.account_id, region)))
         .map(|(account, region)| {
             TargetOutcome::failed(
                 account,
@@ -423,7 +422,7 @@ fn no_org_id(
 
 /// The organization's id (DescribeOrganization), for the org trail's keys; an answer without
 /// one is a failure too, never an empty id.
-async fn organization_id(aws: &crate::aws::Aws) -> Result<String, TargetFailure> {
+pub async fn organization_id(aws: &crate::aws::Aws) -> Result<String, TargetFailure> {
     let answer = aws
         .organizations()
         .describe_organization()

@@ -597,6 +597,19 @@ pub fn window(run: &Run<'_>, mark: &Watermark) -> Window {
     }
 }
 
+/// The window a chain's next collection reads, from its checkpoint, and whether it is a first
+/// run (no checkpoint: the lookback).
+pub async fn planned_window(run: &Run<'_>, chain: &Chain) -> Result<(Window, bool), TargetFailure> {
+    let key = state::key(
+        SourceName::GuardDuty.as_str(),
+        &chain.account_id,
+        &chain.region,
+    );
+    let (mark, _) = super::load_state::<Watermark>(run.store, &key).await?;
+    let mark = clamp(mark, chain, run.run_start_ms);
+    Ok((window(run, &mark), mark.watermark_ms == 0))
+}
+
 /// A dry run's plan: each chain with the window it would read (its checkpoint is read, nothing
 /// is written), the skipped accounts, and the targets that fail already; those failures are
 /// returned too, for the exit code.
@@ -612,13 +625,8 @@ pub async fn render_plan(
         chains.len()
     );
     for chain in chains {
-        let key = state::key(
-            SourceName::GuardDuty.as_str(),
-            &chain.account_id,
-            &chain.region,
-        );
-        let mark = match super::load_state::<Watermark>(run.store, &key).await {
-            Ok((mark, _)) => clamp(mark, chain, run.run_start_ms),
+        let (w, first) = match planned_window(run, chain).await {
+            Ok(planned) => planned,
             Err(failure) => {
                 failed.extend(chain.accounts().iter().map(|a| {
                     TargetOutcome::failed(
@@ -633,17 +641,12 @@ pub async fn render_plan(
                 continue;
             }
         };
-        let w = window(run, &mark);
         let covers = chain
             .members
             .as_ref()
             .map(|m| format!(" covering {} member account(s)", m.len()))
             .unwrap_or_default();
-        let first = if mark.watermark_ms == 0 {
-            " (first run: lookback)"
-        } else {
-            ""
-        };
+        let first = if first { " (first run: lookback)" } else { "" };
         out += &format!(
             "  {} {:<14} updatedAt [{}, {}){first}{covers}\n",
             chain.account_id,

@@ -82,7 +82,8 @@ pub fn limiter() -> Arc<Limiter> {
 }
 
 /// A new finding version whose events are looked up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Correlation {
     pub account_id: String,
     pub region: String,

@@ -11,10 +11,11 @@
 //! object key and the reason; the records before it and the rest of the run go on.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::cloudtrail::{
     admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation, Cursor,
@@ -368,6 +369,137 @@ pub enum Reading {
     Backfill { since_ms: i64, until_ms: i64 },
 }
 
+/// The delivery days of one region that one reading covers (a distributed run splits a long
+/// backlog into day batches): from the cursor, or from the start of day `from` when later; to
+/// the end of day `to`, or (None) everything delivered since. The cursor a part returns starts
+/// from the one it was given, so the parts of a region merge into the cursor one reading of
+/// all of them would leave ([`merge_parts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Days {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+/// Objects CloudTrail delivers per log prefix and day at its usual 5-minute cadence: what a
+/// plan assumes when it bounds a batch in objects without listing the trail.
+pub const DELIVERIES_PER_DAY: u64 = 288;
+
+/// The folder of one delivery day under a log prefix.
+fn folder(prefix: &str, day: NaiveDate) -> String {
+    format!("{prefix}{}/", day.format("%Y/%m/%d"))
+}
+
+/// When a listing start points (its name's delivery minute, else its day folder's start):
+/// where a cursor stands, in epoch ms.
+pub fn start_ms(prefix: &str, start_after: &str) -> Option<i64> {
+    let day = cursor_day(prefix, start_after)?;
+    let stamp = start_after[prefix.len()..]
+        .get(11..)
+        .unwrap_or_default()
+        .split('_')
+        .find_map(|p| NaiveDateTime::parse_from_str(p, "%Y%m%dT%H%MZ").ok());
+    let at = stamp.unwrap_or_else(|| day.and_hms_opt(0, 0, 0).unwrap_or_default());
+    Some(at.and_utc().timestamp_millis())
+}
+
+/// Where a first reading of a log prefix starts (no cursor yet).
+pub fn first_cursor(prefix: &str, first_start_ms: i64, slack_ms: i64) -> Cursor {
+    Cursor {
+        start_after: folder(prefix, day_of(first_start_ms - slack_ms)),
+        recent: Vec::new(),
+    }
+}
+
+/// The cursors one reading of every part would leave: per region, the parts read (in any
+/// order) advance from the same cursor, so the merged start is the furthest one and the keys
+/// to skip are those after it. Regions without a part keep `old`'s cursors.
+pub fn merge_parts(old: &AccountState, parts: &[(&str, &AccountState)]) -> AccountState {
+    let mut merged = AccountState {
+        cursors: old.cursors.clone(),
+        watermarks: old.watermarks.clone(),
+        ..AccountState::default()
+    };
+    let regions: HashSet<&str> = parts.iter().map(|(r, _)| *r).collect();
+    merged
+        .cursors
+        .retain(|name, _| !regions.contains(cursor_region(name)));
+    let mut names: BTreeMap<String, Vec<&Cursor>> = BTreeMap::new();
+    for (region, state) in parts {
+        for (name, cursor) in &state.cursors {
+            if cursor_region(name) == *region {
+                names.entry(name.clone()).or_default().push(cursor);
+            }
+        }
+    }
+    for (name, cursors) in names {
+        let start = cursors
+            .iter()
+            .map(|c| c.start_after.as_str())
+            .max()
+            .unwrap_or_default()
+            .to_owned();
+        let mut recent: Vec<String> = cursors
+            .iter()
+            .flat_map(|c| c.recent.iter())
+            .filter(|k| k.as_str() > start.as_str())
+            .cloned()
+            .collect();
+        recent.sort();
+        recent.dedup();
+        merged.cursors.insert(
+            name,
+            Cursor {
+                start_after: start,
+                recent,
+            },
+        );
+    }
+    merged
+}
+
+/// The region of a cursor's name (`CloudTrail/eu-west-1`).
+fn cursor_region(name: &str) -> &str {
+    name.split_once('/').map_or(name, |(_, region)| region)
+}
+
+/// The keys after `cursor` in the delivery days of `days`, sorted: an open end is one listing
+/// from the later of the cursor and the first day; a closed one lists each day's folder.
+async fn list_part(
+    source: &Store,
+    prefix: &str,
+    cursor: &Cursor,
+    days: Days,
+) -> Result<Vec<(String, u64)>, crate::sink::store::StoreError> {
+    let from = days.from.map(|day| folder(prefix, day));
+    let start = match &from {
+        Some(from) if *from > cursor.start_after => from.as_str(),
+        _ => cursor.start_after.as_str(),
+    };
+    let Some(to) = days.to else {
+        return source.list_after(prefix, Some(start)).await;
+    };
+    let Some(mut day) = days
+        .from
+        .or_else(|| cursor_day(prefix, &cursor.start_after))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut keys = Vec::new();
+    while day <= to {
+        let listed = source.list(&folder(prefix, day)).await?;
+        keys.extend(listed.into_iter().filter(|(k, _)| k.as_str() > start));
+        day += Duration::days(1);
+    }
+    Ok(keys)
+}
+
+/// The delivery day a listing start points into.
+fn cursor_day(prefix: &str, start_after: &str) -> Option<NaiveDate> {
+    let rest = start_after.strip_prefix(prefix)?;
+    NaiveDate::parse_from_str(rest.get(..10)?, "%Y/%m/%d").ok()
+}
+
 /// Which records of the trail are relevant: the watch-list, error codes of denied calls, and
 /// the events of new finding versions (same rules as the lookup mode's correlation).
 pub struct Rules {
@@ -547,6 +679,8 @@ pub struct Trail<'a> {
 struct Reader<'a> {
     trail: &'a Trail<'a>,
     account_id: &'a str,
+    /// Per region, the delivery days to read (a region not named: all since its cursor).
+    days: &'a BTreeMap<String, Days>,
     result: AccountResult,
     published: &'a HashSet<String>,
     seen: EventIds,
@@ -664,19 +798,9 @@ impl Reader<'_> {
     ) -> (Option<Cursor>, Option<TargetFailure>) {
         let prefix = log_prefix(self.trail.org_id, self.account_id, kind, region);
         let existed = cursor.is_some();
-        let mut cursor = cursor.unwrap_or_else(|| Cursor {
-            start_after: format!(
-                "{prefix}{}/",
-                day_of(first_start_ms - slack_ms).format("%Y/%m/%d")
-            ),
-            recent: Vec::new(),
-        });
-        let listed = match self
-            .trail
-            .source
-            .list_after(&prefix, Some(&cursor.start_after))
-            .await
-        {
+        let mut cursor = cursor.unwrap_or_else(|| first_cursor(&prefix, first_start_ms, slack_ms));
+        let days = self.days.get(region).copied().unwrap_or_default();
+        let listed = match list_part(self.trail.source, &prefix, &cursor, days).await {
             Ok(keys) => keys,
             // A region that never had a cursor gets none from a failed listing either, so it
             // is still reported as not found once the listing works and finds nothing.
@@ -775,12 +899,13 @@ pub async fn collect_account(
     account_id: &str,
     regions: &[String],
     mut state: AccountState,
-    reading: Reading,
+    (reading, days): (Reading, &BTreeMap<String, Days>),
     lake_has: &HashSet<String>,
 ) -> AccountResult {
     let mut reader = Reader {
         trail,
         account_id,
+        days,
         result: AccountResult::default(),
         // Objects, not event ids, are what a cursor remembers: only a backfill skips ids.
         published: lake_has,
@@ -843,6 +968,14 @@ pub async fn collect_account(
     result.links.dedup();
     result.state = state;
     result
+}
+
+/// An account's state as a reading starts from it (and leaves regions it does not read):
+/// legacy object lists become cursors, published ids are dropped.
+pub fn normalized(mut state: AccountState, org_id: &str, account_id: &str) -> AccountState {
+    migrate_legacy_objects(&mut state, org_id, account_id);
+    state.published.clear();
+    state
 }
 
 /// State written before object cursors kept, per region, the keys read in the last window's

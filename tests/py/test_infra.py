@@ -362,18 +362,28 @@ def test_the_distributed_engine_is_a_valid_state_machine_plan_map_commit(tmp_pat
     done = subprocess.run([str(VENV_BIN / "statelint"), str(path)], capture_output=True, text=True)
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
     states = definition["States"]
-    assert definition["StartAt"] == "Plan" and states["Plan"]["Next"] == "Shards" and states["Shards"]["Next"] == "Commit"
-    shards = states["Shards"]
-    assert shards["ItemReader"]["Resource"].endswith(":states:::s3:listObjectsV2")
-    assert shards["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
-    assert shards["ToleratedFailurePercentage"] == 100 and shards["Catch"][0]["Next"] == "Commit", "Commit always runs"
-    assert shards["MaxConcurrency"] == 40, "the MaxConcurrency parameter"
-    item = shards["ItemSelector"]
-    assert item == {"step": "shard", "run_id.$": "$.run_id", "key.$": "$$.Map.Item.Value.Key"}, "the function's shard payload"
+    assert definition["StartAt"] == "Plan" and states["Plan"]["Next"] == "Shards" and states["Shards"]["Next"] == "PlanTrail"
+    assert states["PlanTrail"]["Next"] == "AnyTrailBatches" and states["AnyTrailBatches"]["Default"] == "Commit"
+    assert states["AnyTrailBatches"]["Choices"] == [{"Variable": "$.shards", "NumericGreaterThan": 0, "Next": "TrailBatches"}]
+    assert states["TrailBatches"]["Next"] == "Commit"
     lambda_errors = {"Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"}
-    for task in (states["Plan"], shards["ItemProcessor"]["States"]["Shard"], states["Commit"]):
+    for name, task in (("Shards", "Shard"), ("TrailBatches", "Batch")):
+        shards = states[name]
+        assert shards["ItemReader"]["Resource"].endswith(":states:::s3:listObjectsV2")
+        assert shards["ItemReader"]["Parameters"] == {"Bucket.$": "$.bucket", "Prefix.$": "$.prefix"}, "the prefix its plan step returned"
+        assert shards["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        assert shards["ToleratedFailurePercentage"] == 100 and shards["Catch"][0]["Next"] == shards["Next"], "the run goes on to Commit"
+        assert shards["MaxConcurrency"] == 40, "the MaxConcurrency parameter"
+        assert shards["ResultPath"] is None, "the run id passes through"
+        item = shards["ItemSelector"]
+        assert item == {"step": "shard", "run_id.$": "$.run_id", "key.$": "$$.Map.Item.Value.Key"}, "the function's shard payload"
+        [retry] = shards["ItemProcessor"]["States"][task]["Retry"]
+        assert set(retry["ErrorEquals"]) == lambda_errors and retry["BackoffRate"] > 1, task
+    for task in (states["Plan"], states["PlanTrail"], states["Commit"]):
         [retry] = task["Retry"]
         assert set(retry["ErrorEquals"]) == lambda_errors and retry["BackoffRate"] > 1, task
+    assert states["PlanTrail"]["Catch"][0]["Next"] == "Commit", "a failed CloudTrail plan still commits the findings"
+    assert states["PlanTrail"]["Parameters"]["Payload"] == {"step": "plan-trail", "run_id.$": "$.run_id"}
     assert states["Commit"]["Parameters"]["Payload"] == {"step": "commit", "run_id.$": "$.run_id"}
 
 

@@ -5,8 +5,13 @@
 //! the same exactly-once protocol as a single-process run. The run id is the fencing token: a
 //! shard or commit whose run no longer holds the lock does nothing.
 //!
+//! When CloudTrail has its own phase ([`trail::separate`]), `plan-trail` runs after the
+//! findings shards and writes CloudTrail batches that are collected the same way ([`trail`]).
+//!
 //! Layout: `_state/plans/<run_id>/plan.json` and `shards/NNNNN.json`; a shard's attempt stages
 //! under `_staging/<run_id>/shards/NNNNN/<attempt>/`, its `done.json` written last.
+
+pub mod trail;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -44,6 +49,8 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     /// Targets that failed while planning (region discovery).
     pub failed: Vec<TargetOutcome>,
+    /// Whether CloudTrail is collected in its own phase, after the findings shards.
+    pub trail_phase: bool,
 }
 
 /// One chain of a shard file.
@@ -54,15 +61,21 @@ pub struct ChainSpec {
     pub region: String,
     /// Delegated-admin mode: the member accounts the chain covers.
     pub members: Option<Vec<String>>,
+    /// Where the chain's updatedAt window starts, as planned (for people and logs: the shard
+    /// reads the checkpoint again under the same lock); absent when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<String>,
 }
 
 /// One unit of work: in member mode one account with its regions (one AssumeRole per account),
-/// in delegated-admin mode one region.
+/// in delegated-admin mode one region; or a batch of the CloudTrail phase.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardFile {
     pub shard: u32,
     pub chains: Vec<ChainSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail: Option<trail::TrailBatch>,
 }
 
 /// A finished attempt of a shard, written last: its staged files, outcomes, proposed
@@ -108,9 +121,24 @@ pub struct PlanSummary {
     /// them); for a local lake, the bucket is empty and the prefix is a path.
     pub bucket: String,
     pub prefix: String,
+    /// The findings windows (`plan` only; each chain's is in its shard file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
 }
 
-fn plan_key(run_id: &str) -> String {
+/// The span of a plan's updatedAt windows: every window ends at the run's start.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Windows {
+    pub end: String,
+    pub earliest_start: Option<String>,
+    pub latest_start: Option<String>,
+    /// Chains without a checkpoint, which read the lookback.
+    pub first_runs: usize,
+    /// Chains whose checkpoint could not be read (their shard fails them, classified).
+    pub unreadable: usize,
+}
+
+pub(crate) fn plan_key(run_id: &str) -> String {
     format!("_state/plans/{run_id}/plan.json")
 }
 
@@ -118,7 +146,7 @@ fn shards_prefix(run_id: &str) -> String {
     format!("_state/plans/{run_id}/shards/")
 }
 
-fn shard_key(run_id: &str, shard: u32) -> String {
+pub(crate) fn shard_key(run_id: &str, shard: u32) -> String {
     format!("{}{shard:05}.json", shards_prefix(run_id))
 }
 
@@ -131,23 +159,22 @@ fn attempt_prefix(run_id: &str, shard: u32, attempt: &str) -> String {
 }
 
 /// The chains of a run, grouped into shards: one account each in member mode, one region each
-/// in delegated-admin mode. CloudTrail state is per account, so delegated-admin mode with
-/// CloudTrail on keeps one shard (every region's chains read the same accounts).
-pub fn group(chains: Vec<Chain>, mode: Mode, cloudtrail: CloudTrailMode) -> Vec<Vec<Chain>> {
+/// in delegated-admin mode.
+pub fn group(chains: Vec<Chain>, mode: Mode) -> Vec<Vec<Chain>> {
     let mut groups: BTreeMap<String, Vec<Chain>> = BTreeMap::new();
     for chain in chains {
-        let key = match (mode, cloudtrail) {
-            (Mode::Member, _) => chain.account_id.clone(),
-            (Mode::DelegatedAdmin, CloudTrailMode::Off) => chain.region.clone(),
-            (Mode::DelegatedAdmin, _) => String::new(),
+        let key = match mode {
+            Mode::Member => chain.account_id.clone(),
+            Mode::DelegatedAdmin => chain.region.clone(),
         };
         groups.entry(key).or_default().push(chain);
     }
     groups.into_values().collect()
 }
 
-fn spec(chain: &Chain) -> ChainSpec {
+fn spec(chain: &Chain, window_start_ms: Option<i64>) -> ChainSpec {
     ChainSpec {
+        window_start: window_start_ms.map(crate::clock::iso),
         account_id: chain.account_id.clone(),
         region: chain.region.clone(),
         members: chain.members.as_ref().map(|m| {
@@ -158,7 +185,7 @@ fn spec(chain: &Chain) -> ChainSpec {
     }
 }
 
-fn chain(spec: ChainSpec) -> Chain {
+pub(crate) fn chain(spec: ChainSpec) -> Chain {
     Chain {
         account_id: spec.account_id,
         region: spec.region,
@@ -167,7 +194,7 @@ fn chain(spec: ChainSpec) -> Chain {
 }
 
 /// Reads a JSON object of the lake (bounded; a missing one is `what`'s absence).
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     store: &Store,
     key: &str,
     what: &str,
@@ -181,7 +208,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| RunError::Publish(format!("{what} {} is not valid: {e}", store.uri(key))))
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RunError> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RunError> {
     serde_json::to_vec(value).map_err(|e| RunError::Encode(e.to_string()))
 }
 
@@ -206,11 +233,37 @@ async fn write_plan(run: &Run<'_>) -> Result<PlanSummary, RunError> {
     let accounts = crate::run::accounts(run).await?;
     let (chains, failed) = findings::targets(run, &accounts.active).await;
     let targets = chains.len();
-    let groups = group(chains, run.mode(), run.config.cloudtrail);
+    let starts = window_starts(run, &chains).await;
+    let windows = Windows {
+        end: crate::clock::iso(run.run_start_ms),
+        earliest_start: starts
+            .values()
+            .flatten()
+            .map(|w| w.0)
+            .min()
+            .map(crate::clock::iso),
+        latest_start: starts
+            .values()
+            .flatten()
+            .map(|w| w.0)
+            .max()
+            .map(crate::clock::iso),
+        first_runs: starts.values().flatten().filter(|w| w.1).count(),
+        unreadable: starts.values().filter(|w| w.is_none()).count(),
+    };
+    let groups = group(chains, run.mode());
     for (n, chains) in groups.iter().enumerate() {
+        let specs = chains.iter().map(|c| {
+            let start = starts
+                .get(&(c.account_id.clone(), c.region.clone()))
+                .copied()
+                .flatten();
+            spec(c, start.map(|w| w.0))
+        });
         let file = ShardFile {
             shard: n as u32,
-            chains: chains.iter().map(spec).collect(),
+            chains: specs.collect(),
+            trail: None,
         };
         run.store
             .put(&shard_key(run.run_id, n as u32), to_json(&file)?)
@@ -224,24 +277,66 @@ async fn write_plan(run: &Run<'_>) -> Result<PlanSummary, RunError> {
         known_accounts: crate::run::known_accounts(&accounts).into_iter().collect(),
         skipped: accounts.skipped,
         failed,
+        trail_phase: trail::separate(run.mode(), run.config.cloudtrail),
     };
     run.store
         .put(&plan_key(run.run_id), to_json(&plan)?)
         .await?;
-    let (bucket, prefix) = match run.store.as_ref() {
-        Store::S3 { bucket, prefix, .. } => {
-            (bucket.clone(), join(prefix, &shards_prefix(run.run_id)))
-        }
-        Store::Local { .. } => (String::new(), run.store.uri(&shards_prefix(run.run_id))),
+    info!(
+        shards = plan.shards,
+        targets,
+        first_runs = windows.first_runs,
+        "Planned a distributed run."
+    );
+    let mut summary = summary(
+        run.store,
+        run.run_id,
+        &shards_prefix(run.run_id),
+        plan.shards,
+        targets,
+    );
+    summary.windows = Some(windows);
+    Ok(summary)
+}
+
+/// Each chain's window start and whether it is a first run (None: its checkpoint could not be
+/// read), read at the run's concurrency.
+async fn window_starts(
+    run: &Run<'_>,
+    chains: &[Chain],
+) -> BTreeMap<(String, String), Option<(i64, bool)>> {
+    use futures::StreamExt;
+    futures::stream::iter(chains)
+        .map(|chain| async move {
+            let planned = findings::planned_window(run, chain).await.ok();
+            let key = (chain.account_id.clone(), chain.region.clone());
+            (key, planned.map(|(w, first)| (w.start_ms, first)))
+        })
+        .buffer_unordered(run.config.concurrency.get() * 4)
+        .collect()
+        .await
+}
+
+/// Where a step's shard files are, as a Distributed Map's ItemReader lists them.
+fn summary(
+    store: &Store,
+    run_id: &str,
+    shards_prefix: &str,
+    shards: u32,
+    targets: usize,
+) -> PlanSummary {
+    let (bucket, prefix) = match store {
+        Store::S3 { bucket, prefix, .. } => (bucket.clone(), join(prefix, shards_prefix)),
+        Store::Local { .. } => (String::new(), store.uri(shards_prefix)),
     };
-    info!(shards = plan.shards, targets, "Planned a distributed run.");
-    Ok(PlanSummary {
-        run_id: plan.run_id,
-        shards: plan.shards,
+    PlanSummary {
+        run_id: run_id.to_owned(),
+        shards,
         targets,
         bucket,
         prefix,
-    })
+        windows: None,
+    }
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -266,12 +361,33 @@ pub async fn shard(
         .await
         .map_err(|e| fenced(e, run_id))?;
     let plan: Plan = read_json(&open.store, &plan_key(run_id), "plan").await?;
-    let file: ShardFile = read_json(&open.store, &shard_key(run_id, shard), "shard file").await?;
+    let key = match shard < plan.shards {
+        true => shard_key(run_id, shard),
+        false => trail::batch_key(run_id, shard),
+    };
+    let file: ShardFile = read_json(&open.store, &key, "shard file").await?;
     let stem = format!("{run_id}-s{shard:05}");
-    let run = open.run(&config, &options, (run_id, plan.run_start_ms), &stem);
-    let known: HashSet<String> = plan.known_accounts.into_iter().collect();
-    let mut batch =
-        batch::collect(&run, known, file.chains.into_iter().map(chain).collect()).await?;
+    let mut batch = match file.trail {
+        None => {
+            let run = open.run(&config, &options, (run_id, plan.run_start_ms), &stem);
+            let known: HashSet<String> = plan.known_accounts.into_iter().collect();
+            let chains = file.chains.into_iter().map(chain).collect();
+            let events = match plan.trail_phase {
+                true => batch::Events::Later,
+                false => batch::Events::Here,
+            };
+            batch::collect(&run, known, chains, events).await?
+        }
+        Some(work) => {
+            // Every batch names the trail's keys with the organization id the plan resolved.
+            let mut config = config.clone();
+            config.trail_org_id = trail::org_id(&open.store, run_id)
+                .await?
+                .or(config.trail_org_id);
+            let run = open.run(&config, &options, (run_id, plan.run_start_ms), &stem);
+            trail::collect(&run, &open.store, work).await?
+        }
+    };
     let prefix = attempt_prefix(run_id, shard, &attempt);
     let mut done = Done {
         shard,
@@ -306,7 +422,7 @@ async fn remove_plan(store: &Store, run_id: &str) {
 }
 
 /// A lock that no longer names the run stops the step; a store error reading it is that error.
-fn fenced(e: LockError, run_id: &str) -> RunError {
+pub(crate) fn fenced(e: LockError, run_id: &str) -> RunError {
     match e {
         LockError::Store(e) => e.into(),
         _ => lock_lost(run_id),
@@ -318,7 +434,10 @@ fn lock_lost(run_id: &str) -> RunError {
 }
 
 /// The first finished attempt of each shard, by attempt id (ids sort by time).
-async fn finished(store: &Store, run_id: &str) -> Result<BTreeMap<u32, String>, RunError> {
+pub(crate) async fn finished(
+    store: &Store,
+    run_id: &str,
+) -> Result<BTreeMap<u32, String>, RunError> {
     let mut found: BTreeMap<u32, String> = BTreeMap::new();
     for (key, _) in store.list(&attempts_prefix(run_id)).await? {
         let rest = key
@@ -432,13 +551,14 @@ async fn publish_shards(
                 );
                 let file: ShardFile =
                     read_json(&open.store, &shard_key(run_id, shard), "shard file").await?;
-                publish.outcomes(shard_failed(
-                    file,
-                    &plan,
-                    config.cloudtrail != CloudTrailMode::Off,
-                ));
+                // CloudTrail of its cells is the trail phase's, when it has one.
+                let cloudtrail = config.cloudtrail != CloudTrailMode::Off && !plan.trail_phase;
+                publish.outcomes(shard_failed(file, &plan, cloudtrail));
             }
         }
+    }
+    if plan.trail_phase {
+        trail::publish(&open.store, &plan, &finished, &mut publish).await?;
     }
     let run = open.run(config, options, (run_id, plan.run_start_ms), run_id);
     let drift = drift::report(&run, drift_log).await?;
