@@ -24,6 +24,9 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections import defaultdict, deque
 from typing import Any, Callable
@@ -77,6 +80,8 @@ class State:
         self.first_at: dict[tuple[str, str, str], float] = {}
         self.last_at: dict[tuple[str, str, str], float] = {}
         self.lookup_windows: dict[tuple[str, str], deque] = defaultdict(deque)
+        # Lambda function name → URL that answers its invocations (moto runs none without Docker).
+        self.stand_ins: dict[str, str] = {}
 
     def region_enabled(self, account_id: str, region: str) -> bool:
         status = self.region_status.get((account_id, region))
@@ -295,12 +300,40 @@ def _reset_connection(environ: dict[str, Any]) -> None:
         sock.close()
 
 
+INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+
+
+def _stand_in(environ: dict[str, Any], start_response: Callable, url: str) -> list[bytes]:
+    """Lambda Invoke of a function with a stand-in: the payload is POSTed to its URL; a 200
+    answer is the function's result, any other its error (`X-Amz-Function-Error: Unhandled`, as
+    Lambda reports a function's error)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    payload = environ["wsgi.input"].read(length) if length else b"{}"
+    request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": "application/json"})
+    headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
+    try:
+        with urllib.request.urlopen(request, timeout=900) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        headers.append(("X-Amz-Function-Error", "Unhandled"))
+    start_response("200 OK", headers + [("Content-Length", str(len(body)))])
+    return [body]
+
+
 class ControlMiddleware:
     def __init__(self, app: Callable) -> None:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "")
+        invoked = INVOKE_PATH.match(path) if environ.get("REQUEST_METHOD") == "POST" else None
+        if invoked:
+            name = urllib.parse.unquote(invoked.group(1)).split(":function:")[-1].split(":")[0]
+            with STATE.lock:
+                url = STATE.stand_ins.get(name)
+            if url:
+                return _stand_in(environ, start_response, url)
         if path.startswith("/moto-api/ext/"):
             return self._control(environ, start_response, path[len("/moto-api/ext/") :])
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
@@ -386,6 +419,10 @@ class ControlMiddleware:
             if name == "faults" and method == "DELETE":
                 with STATE.lock:
                     STATE.faults.clear()
+                return _json(start_response, 200, {"ok": True})
+            if name == "lambda/stand-in" and method == "POST":
+                with STATE.lock:
+                    STATE.stand_ins[str(body["function_name"])] = str(body["url"])
                 return _json(start_response, 200, {"ok": True})
             if name == "stats" and method == "GET":
                 return _json(start_response, 200, _stats())

@@ -70,15 +70,22 @@ class Runtime:
         return f"127.0.0.1:{self.server.server_address[1]}"
 
 
-def serve(runtime: Runtime, seconds: int, **config: str) -> tuple[str, str]:
-    """Runs the binary as Lambda starts it (no arguments, the runtime API and the function's
-    environment) until it has asked for an event after the last one; its stdout and stderr."""
+def lambda_env(runtime_api: str, **config: str) -> dict:
+    """The environment Lambda gives the function: the runtime API, the function's names, and its
+    configuration (`GUARDLAKE_*`), with the backend as every AWS endpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_") and not k.startswith("AWS_")}
     env.update(
         AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-        AWS_LAMBDA_RUNTIME_API=runtime.address, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
+        AWS_LAMBDA_RUNTIME_API=runtime_api, AWS_LAMBDA_FUNCTION_NAME="guardlake", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
         AWS_LAMBDA_FUNCTION_VERSION="$LATEST", AWS_LAMBDA_LOG_STREAM_NAME="s", AWS_LAMBDA_LOG_GROUP_NAME="/guardlake/job", **config,
     )  # fmt: skip
+    return env
+
+
+def serve(runtime: Runtime, seconds: int, **config: str) -> tuple[str, str]:
+    """Runs the binary as Lambda starts it (no arguments, the runtime API and the function's
+    environment) until it has asked for an event after the last one; its stdout and stderr."""
+    env = lambda_env(runtime.address, **config)
     process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert runtime.done.wait(seconds), "the function asked for its next event after the last one"
