@@ -48,7 +48,7 @@ pub enum Command {
 /// Flags of `guardlake schema`.
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
-    /// Only this table (findings, runs, schema_drift) [default: every table].
+    /// Only this table (findings, runs, coverage, schema_drift, cloudtrail_events, finding_events) [default: every table].
     #[arg(long)]
     pub table: Option<String>,
     /// What to print.
@@ -135,7 +135,7 @@ pub struct CompactArgs {
     /// Lake location: file://DIR, a directory, or s3://bucket/prefix [default: ./lake].
     #[arg(long, env = "GUARDLAKE_OUTPUT", value_name = "URI")]
     pub output: Option<String>,
-    /// Only this table (findings, runs, schema_drift, cloudtrail_events, finding_events) [default: every table].
+    /// Only this table (findings, runs, coverage, schema_drift, cloudtrail_events, finding_events) [default: every table].
     #[arg(long)]
     pub table: Option<String>,
     /// Only this partition (YYYY-MM-DD), closed or not [default: every closed partition].

@@ -35,6 +35,7 @@ const fn time_column(table: Table) -> &'static str {
         Table::SchemaDrift => "first_seen",
         Table::CloudtrailEvents => "event_time",
         Table::FindingEvents => "finding_updated_at",
+        Table::Coverage => "collected_at",
     }
 }
 
@@ -48,7 +49,7 @@ pub enum CompactError {
         dt: String,
         message: String,
     },
-    #[error("unknown table {0:?}; compaction knows findings, runs, schema_drift, cloudtrail_events and finding_events")]
+    #[error("unknown table {0:?}; compaction knows findings, runs, coverage, schema_drift, cloudtrail_events and finding_events")]
     UnknownTable(String),
 }
 

@@ -196,6 +196,14 @@ pub struct Config {
     /// Org-trail mode: the o-… id in the object keys [default: Organizations DescribeOrganization].
     #[arg(long, env = "GUARDLAKE_TRAIL_ORG_ID", value_name = "ID")]
     pub trail_org_id: Option<String>,
+    /// GuardDuty features that must be ENABLED in every covered account and region; one off is a `feature_off:<NAME>` gap in the coverage table (names as GetDetector reports them) [default: CLOUD_TRAIL,DNS_LOGS,FLOW_LOGS,S3_DATA_EVENTS].
+    #[arg(
+        long,
+        env = "GUARDLAKE_REQUIRED_FEATURES",
+        value_delimiter = ',',
+        value_name = "NAME,NAME"
+    )]
+    pub required_features: Option<Vec<String>>,
     /// Distributed org-trail runs: trail objects a batch reads at most, by estimate (288 per log prefix and delivery day); an account's backlog above it is split into region and day batches, 288 to 1000000 [default: 2000].
     #[arg(long, env = "GUARDLAKE_TRAIL_SHARD_OBJECTS", value_name = "N")]
     pub trail_shard_objects: Option<u64>,
@@ -264,6 +272,7 @@ pub struct ValidatedConfig {
     pub trail: Option<TrailSource>,
     pub trail_org_id: Option<String>,
     pub trail_shard_objects: u64,
+    pub required_features: Vec<String>,
 }
 
 /// Where the organization trail's objects are read from.
@@ -358,12 +367,14 @@ impl Config {
         self.check_secrets()?;
         let numbers = self.numbers()?;
         let watchlist = self.watchlist()?;
+        let required_features = self.required_features()?;
         let (cloudtrail, trail) = self.trail()?;
         let mode = self.mode.unwrap_or(Mode::Member);
         Ok(ValidatedConfig {
             trail,
             trail_org_id: self.trail_org_id,
             trail_shard_objects: numbers.trail_shard_objects,
+            required_features,
             cloudtrail,
             watchlist,
             lookup_pad_secs: numbers.lookup_pad_secs as i64,
@@ -658,6 +669,27 @@ impl Config {
         Ok(watchlist)
     }
 
+    /// The features coverage requires (default [`DEFAULT_REQUIRED_FEATURES`]): names of the
+    /// service model's detector features.
+    fn required_features(&self) -> Result<Vec<String>, ConfigError> {
+        let known = aws_sdk_guardduty::types::DetectorFeatureResult::values();
+        let names = self.required_features.clone().unwrap_or_else(|| {
+            DEFAULT_REQUIRED_FEATURES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+        if let Some(bad) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(invalid(
+                "required_features",
+                "--required-features",
+                format!("{bad:?} is not a GuardDuty detector feature"),
+                format!("use names from {}", known.join(", ")),
+            ));
+        }
+        Ok(dedup(names))
+    }
+
     /// The CloudTrail mode and where an organization trail is read from.
     fn trail(&self) -> Result<(CloudTrailMode, Option<TrailSource>), ConfigError> {
         let cloudtrail = self.cloudtrail.unwrap_or(CloudTrailMode::Off);
@@ -802,6 +834,10 @@ pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_LOCK_LEASE_SECS: u64 = 900;
 pub const DEFAULT_LOOKUP_PAD_SECS: u64 = 900;
 pub const DEFAULT_TRAIL_SHARD_OBJECTS: u64 = 2000;
+/// The features every detector must have on by default: the foundational sources GuardDuty
+/// always analyzes and S3 Protection, on for every new detector.
+pub const DEFAULT_REQUIRED_FEATURES: [&str; 4] =
+    ["CLOUD_TRAIL", "DNS_LOGS", "FLOW_LOGS", "S3_DATA_EVENTS"];
 pub const MIN_FLUSH_BYTES: u64 = 1 << 20;
 pub const MAX_FLUSH_BYTES: u64 = 1 << 30;
 

@@ -28,6 +28,17 @@ pub struct Accounts {
     /// Active accounts to cover, sorted.
     pub active: Vec<String>,
     pub skipped: Vec<Skipped>,
+    /// What the organization says of each account (organization discovery only).
+    pub facts: BTreeMap<String, AccountFacts>,
+}
+
+/// An account's state and place in the organization, for the `coverage` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountFacts {
+    /// ListAccounts `State`: ACTIVE, SUSPENDED, PENDING_CLOSURE, CLOSED.
+    pub status: Option<String>,
+    /// Root id then OU ids: `r-ab12/ou-ab12-11111111`.
+    pub ou_path: Option<String>,
 }
 
 /// The accounts of the run: the static list, or the organization's ACTIVE accounts after
@@ -50,29 +61,7 @@ pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, T
         return Ok(result);
     }
 
-    let org = aws.organizations();
-    let mut states: BTreeMap<String, String> = BTreeMap::new();
-    let mut pages = org
-        .list_accounts()
-        .max_results(ORG_PAGE_SIZE)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages
-        .try_next()
-        .await
-        .map_err(|e| classify("organizations:ListAccounts", &e))?
-    {
-        for account in page.accounts() {
-            let state = account
-                .state()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_else(|| "ACTIVE".to_owned());
-            if let Some(id) = account.id() {
-                states.insert(id.to_owned(), state);
-            }
-        }
-    }
-
+    let states = states(aws).await?;
     let included: Option<BTreeSet<String>> = if config.include_ous.is_empty() {
         None
     } else {
@@ -84,7 +73,19 @@ pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, T
         accounts_under(aws, &config.exclude_ous).await?
     };
 
+    // Where accounts sit is context for the coverage table: without it the run goes on.
+    let paths = ou_paths(aws).await.unwrap_or_else(|failure| {
+        tracing::warn!(message = %failure.message, "Could not read the organization's OU tree; coverage rows carry no OU path.");
+        BTreeMap::new()
+    });
     for (id, state) in states {
+        result.facts.insert(
+            id.clone(),
+            AccountFacts {
+                status: Some(state.clone()),
+                ou_path: paths.get(&id).cloned(),
+            },
+        );
         let reason = if state != "ACTIVE" {
             Some(format!("account state is {state}"))
         } else if excluded.contains(&id) {
@@ -107,13 +108,68 @@ pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, T
     Ok(result)
 }
 
+/// Every account of the organization and its `State` (ListAccounts, every page).
+async fn states(aws: &Aws) -> Result<BTreeMap<String, String>, TargetFailure> {
+    let org = aws.organizations();
+    let mut states: BTreeMap<String, String> = BTreeMap::new();
+    let mut pages = org
+        .list_accounts()
+        .max_results(ORG_PAGE_SIZE)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("organizations:ListAccounts", &e))?
+    {
+        for account in page.accounts() {
+            let state = account
+                .state()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "ACTIVE".to_owned());
+            if let Some(id) = account.id() {
+                states.insert(id.to_owned(), state);
+            }
+        }
+    }
+    Ok(states)
+}
+
 /// Every account under the given OUs or roots, nested OUs followed.
 async fn accounts_under(aws: &Aws, parents: &[String]) -> Result<BTreeSet<String>, TargetFailure> {
+    let start = parents.iter().map(|p| (p.clone(), p.clone())).collect();
+    Ok(walk(aws, start).await?.into_keys().collect())
+}
+
+/// Where each account of the organization sits: `r-…/ou-…/ou-…` (ListRoots, then the tree).
+pub async fn ou_paths(aws: &Aws) -> Result<BTreeMap<String, String>, TargetFailure> {
+    let mut roots = Vec::new();
+    let mut pages = aws.organizations().list_roots().into_paginator().send();
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("organizations:ListRoots", &e))?
+    {
+        roots.extend(
+            page.roots()
+                .iter()
+                .filter_map(|r| r.id().map(|id| (id.to_owned(), id.to_owned()))),
+        );
+    }
+    walk(aws, roots).await
+}
+
+/// Account → the path of its parent, for every account under `start` ((parent id, its path)),
+/// nested OUs followed (ListAccountsForParent lists only direct children).
+async fn walk(
+    aws: &Aws,
+    start: Vec<(String, String)>,
+) -> Result<BTreeMap<String, String>, TargetFailure> {
     let org = aws.organizations();
-    let mut found = BTreeSet::new();
-    let mut queue: Vec<String> = parents.to_vec();
+    let mut found = BTreeMap::new();
+    let mut queue = start;
     let mut seen = BTreeSet::new();
-    while let Some(parent) = queue.pop() {
+    while let Some((parent, path)) = queue.pop() {
         if !seen.insert(parent.clone()) {
             continue;
         }
@@ -128,11 +184,9 @@ async fn accounts_under(aws: &Aws, parents: &[String]) -> Result<BTreeSet<String
             .await
             .map_err(|e| classify("organizations:ListAccountsForParent", &e))?
         {
-            found.extend(
-                page.accounts()
-                    .iter()
-                    .filter_map(|a| a.id().map(str::to_owned)),
-            );
+            for id in page.accounts().iter().filter_map(|a| a.id()) {
+                found.insert(id.to_owned(), path.clone());
+            }
         }
         let mut children = org
             .list_children()
@@ -145,11 +199,9 @@ async fn accounts_under(aws: &Aws, parents: &[String]) -> Result<BTreeSet<String
             .await
             .map_err(|e| classify("organizations:ListChildren", &e))?
         {
-            queue.extend(
-                page.children()
-                    .iter()
-                    .filter_map(|c| c.id().map(str::to_owned)),
-            );
+            for id in page.children().iter().filter_map(|c| c.id()) {
+                queue.push((id.to_owned(), format!("{path}/{id}")));
+            }
         }
     }
     Ok(found)
@@ -233,6 +285,7 @@ mod tests {
                 account_id: "333333333333".into(),
                 reason: "account state is SUSPENDED".into(),
             }],
+            facts: BTreeMap::new(),
         };
         let mut accounts = discovered();
         narrow(

@@ -16,7 +16,7 @@ use crate::error::RunError;
 use crate::pipeline::findings;
 use crate::pipeline::lock::{open, with_lock};
 use crate::pipeline::publish::Publish;
-use crate::pipeline::{batch, drift, Run};
+use crate::pipeline::{batch, coverage, drift, Run};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::state::lock::RunLock;
 use crate::state::{crash_point, CrashPoint};
@@ -103,6 +103,13 @@ async fn collect_and_publish(
         .outcomes(batch.outcomes)
         .checkpoints(batch.checkpoints)
         .files(batch.files);
+    let coverage = coverage::file(
+        run,
+        batch.coverage,
+        publish.gathered_outcomes(),
+        &accounts.facts,
+    )?;
+    publish.files(coverage);
     let drift = drift::report(run, batch.drift).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
 

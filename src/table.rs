@@ -11,12 +11,14 @@ pub enum Table {
     CloudtrailEvents,
     FindingEvents,
     SchemaDrift,
+    Coverage,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Self::Findings,
         Self::Runs,
+        Self::Coverage,
         Self::CloudtrailEvents,
         Self::FindingEvents,
         Self::SchemaDrift,
@@ -29,6 +31,7 @@ impl Table {
             Self::CloudtrailEvents => "cloudtrail_events",
             Self::FindingEvents => "finding_events",
             Self::SchemaDrift => "schema_drift",
+            Self::Coverage => "coverage",
         }
     }
 

@@ -1,12 +1,5 @@
--- Named query: coverage. Account x region x source targets whose last run was not ok
--- (access denied, region disabled, GuardDuty not enabled / no detector, throttled, error).
-WITH last_status AS (
-    SELECT account_id, region, source, status, error_class, error_message, started_at,
-           row_number() OVER (PARTITION BY account_id, region, source ORDER BY started_at DESC, run_id DESC) AS recency
-    FROM runs
-)
-SELECT account_id, region, source, status, error_class, error_message, started_at AS last_run_at
-FROM last_status
-WHERE recency = 1
-  AND status <> 'ok'
-ORDER BY status, account_id, region, source
+-- Named query: coverage. Every covered account and region as of its latest run: covered or not (its gaps), the detector, the features off, the member relationship and the newest finding seen.
+SELECT account_id, region, cardinality(gaps) = 0 AS covered, gaps, status, detector_status, finding_publishing_frequency,
+       features_disabled, member_relationship, runtime_unhealthy, newest_finding_updated_at, ou_path, collected_at AS as_of
+FROM coverage_latest
+ORDER BY covered, account_id, region

@@ -51,6 +51,9 @@ pub struct Plan {
     pub failed: Vec<TargetOutcome>,
     /// Whether CloudTrail is collected in its own phase, after the findings shards.
     pub trail_phase: bool,
+    /// What the organization says of each account (the coverage table's context).
+    #[serde(default)]
+    pub facts: BTreeMap<String, crate::discover::AccountFacts>,
 }
 
 /// One chain of a shard file.
@@ -278,6 +281,7 @@ async fn write_plan(run: &Run<'_>) -> Result<PlanSummary, RunError> {
         skipped: accounts.skipped,
         failed,
         trail_phase: trail::separate(run.mode(), run.config.cloudtrail),
+        facts: accounts.facts,
     };
     run.store
         .put(&plan_key(run.run_id), to_json(&plan)?)
@@ -533,6 +537,7 @@ async fn publish_shards(
     publish.outcomes(plan.failed.clone());
     let mut drift_log = crate::normalize::drift::DriftLog::default();
     let mut duplicates = 0;
+    let mut cells = Vec::new();
     for shard in 0..plan.shards {
         match finished.get(&shard) {
             Some(key) => {
@@ -543,6 +548,7 @@ async fn publish_shards(
                     .checkpoints(done.batch.checkpoints);
                 drift_log.merge(done.batch.drift);
                 duplicates += done.batch.duplicates;
+                cells.extend(done.batch.coverage);
             }
             None => {
                 warn!(
@@ -561,6 +567,9 @@ async fn publish_shards(
         trail::publish(&open.store, &plan, &finished, &mut publish).await?;
     }
     let run = open.run(config, options, (run_id, plan.run_start_ms), run_id);
+    let coverage =
+        crate::pipeline::coverage::file(&run, cells, publish.gathered_outcomes(), &plan.facts)?;
+    publish.files(coverage);
     let drift = drift::report(&run, drift_log).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
     let (outcomes, committed) = publish

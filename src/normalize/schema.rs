@@ -68,11 +68,18 @@ pub fn finding_events() -> &'static TableDef {
     DEF.get_or_init(|| parse(include_str!("../../schemas/finding_events.json")))
 }
 
+/// The `coverage` table.
+pub fn coverage() -> &'static TableDef {
+    static DEF: OnceLock<TableDef> = OnceLock::new();
+    DEF.get_or_init(|| parse(include_str!("../../schemas/coverage.json")))
+}
+
 /// Every table of the lake, in documentation order.
-pub fn tables() -> [&'static TableDef; 5] {
+pub fn tables() -> [&'static TableDef; 6] {
     [
         findings(),
         runs(),
+        coverage(),
         schema_drift(),
         cloudtrail_events(),
         finding_events(),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::coverage::Cell;
 use super::events::{self, Account, Prepared};
 use super::findings::{self, Chain, Findings};
 use super::{collect_all, Run};
@@ -32,6 +33,9 @@ pub struct Batch {
     /// trail batches of a distributed run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub correlations: Vec<Correlation>,
+    /// What the GuardDuty source learned of each account × region's coverage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<Cell>,
 }
 
 /// Where a batch's CloudTrail events are collected.
@@ -65,6 +69,7 @@ pub async fn collect(
         drift: found.drift,
         duplicates: found.duplicates,
         correlations: Vec::new(),
+        coverage: found.cells,
     };
     match (run.config.cloudtrail, events) {
         (CloudTrailMode::Off, _) => {}

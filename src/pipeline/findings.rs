@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tracing::{info, info_span, warn};
 
+use super::coverage::{Cell, Membership};
 use super::writer::{self, RowSink, Writer};
 use super::{Collected, Run, Source};
 use crate::clock::{day_of, iso, now_ms};
@@ -136,6 +137,8 @@ pub struct Findings<'a> {
     /// New finding versions whose CloudTrail events are looked up.
     correlations: Mutex<Vec<Correlation>>,
     duplicates: AtomicU64,
+    /// Every chain's coverage cells.
+    cells: Mutex<Vec<Cell>>,
 }
 
 /// What the GuardDuty source hands to the publish once every chain is collected.
@@ -145,6 +148,7 @@ pub struct FindingsOutput {
     pub correlations: Vec<Correlation>,
     pub drift: DriftLog,
     pub duplicates: u64,
+    pub cells: Vec<Cell>,
 }
 
 /// Counts of one account within a chain.
@@ -158,6 +162,9 @@ struct Counts {
 /// What one chain has seen so far.
 struct Tally {
     counts: HashMap<String, Counts>,
+    /// What the chain learned of each account's coverage, and the newest updatedAt read.
+    cells: BTreeMap<String, Cell>,
+    newest: HashMap<String, i64>,
     published: HashSet<(String, i64)>,
     seen: HashSet<(String, i64)>,
     new_versions: Vec<(String, i64)>,
@@ -213,6 +220,7 @@ impl<'a> Findings<'a> {
             drift: Mutex::new(DriftLog::default()),
             correlations: Mutex::new(Vec::new()),
             duplicates: AtomicU64::new(0),
+            cells: Mutex::new(Vec::new()),
         };
         Ok((source, writer))
     }
@@ -227,6 +235,7 @@ impl<'a> Findings<'a> {
             correlations,
             duplicates,
             run,
+            cells,
             ..
         } = self;
         drop(rows);
@@ -251,6 +260,7 @@ impl<'a> Findings<'a> {
             correlations: correlations.into_inner().unwrap_or_else(|p| p.into_inner()),
             drift: drift.into_inner().unwrap_or_else(|p| p.into_inner()),
             duplicates: duplicates.into_inner(),
+            cells: cells.into_inner().unwrap_or_else(|p| p.into_inner()),
         })
     }
 
@@ -282,8 +292,12 @@ impl<'a> Findings<'a> {
         let aws = self.run.aws;
         let sdk = aws.account_config(&chain.account_id).await?;
         let client = aws.guardduty(&sdk, &chain.region);
-        let detector = gd::detector_id(&client).await?;
-        let mut pages = gd::Pages::new(&client, &detector, window);
+        let detector = gd::detector(&client).await?;
+        self.learn(&client, chain, &detector, tally).await;
+        if detector.is_disabled() {
+            return Err(gd::disabled(&detector));
+        }
+        let mut pages = gd::Pages::new(&client, &detector.id, window);
         while let Some(page) = pages.next().await? {
             for finding in page {
                 self.take(chain, finding, tally).await?;
@@ -291,6 +305,68 @@ impl<'a> Findings<'a> {
             crash_point(CrashPoint::MidPage);
         }
         Ok(())
+    }
+
+    /// What a chain's detector says of coverage: its own (member mode), or in delegated-admin
+    /// mode each covered member's relationship, features and agent health. A coverage call that
+    /// fails leaves the cells unverified; the findings are read all the same.
+    async fn learn(
+        &self,
+        client: &aws_sdk_guardduty::Client,
+        chain: &Chain,
+        detector: &gd::Detector,
+        tally: &mut Tally,
+    ) {
+        let mut own = Cell::new(&chain.account_id, &chain.region);
+        own.detector_id = Some(detector.id.clone());
+        own.detector_status = detector.status.clone();
+        own.frequency = detector.frequency.clone();
+        own.features = Some(detector.features.clone());
+        if gd::runtime_on(&detector.features) && !detector.is_disabled() {
+            runtime(client, &detector.id, None, &mut own).await;
+        }
+        let Some(members) = &chain.members else {
+            tally.cells.insert(chain.account_id.clone(), own);
+            return;
+        };
+        own.membership = Some(Membership::Admin);
+        let listed = gd::members(client, &detector.id).await;
+        let accounts: Vec<String> = chain
+            .accounts()
+            .into_iter()
+            .filter(|a| *a != chain.account_id && members.contains(a))
+            .collect();
+        let known: Vec<String> = match &listed {
+            Ok(listed) => accounts
+                .iter()
+                .filter(|a| listed.contains_key(*a))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let features = gd::member_features(client, &detector.id, &known).await;
+        for account in accounts {
+            let mut cell = Cell::new(&account, &chain.region);
+            match &listed {
+                Ok(listed) => {
+                    let member = listed.get(&account);
+                    cell.membership = Some(Membership::Member(member.map(|m| m.0.clone())));
+                    cell.detector_id = member.and_then(|m| m.1.clone());
+                }
+                Err(f) => cell.unverified = Some(f.class.clone()),
+            }
+            match &features {
+                Ok(found) => cell.features = found.get(&account).cloned(),
+                Err(f) => cell.unverified = Some(f.class.clone()),
+            }
+            if cell.features.as_deref().is_some_and(gd::runtime_on) {
+                runtime(client, &detector.id, Some(&account), &mut cell).await;
+            }
+            tally.cells.insert(account, cell);
+        }
+        if members.contains(&chain.account_id) {
+            tally.cells.insert(chain.account_id.clone(), own);
+        }
     }
 
     /// One finding: quarantined, passed over, skipped as a duplicate, or sent to the writer.
@@ -341,6 +417,11 @@ impl<'a> Findings<'a> {
         };
         // Read, whether new or a version already published.
         tally.counts.entry(owner.to_owned()).or_default().read += 1;
+        let newest = tally
+            .newest
+            .entry(owner.to_owned())
+            .or_insert(row.updated_at_ms);
+        *newest = (*newest).max(row.updated_at_ms);
         let key = (row.id.clone(), row.updated_at_ms);
         let in_lake = !self.existing.is_empty()
             && self.existing.contains(&(
@@ -482,6 +563,22 @@ enum Ownership {
     },
 }
 
+/// Runtime Monitoring agent health into `cell` (a failed call leaves it unverified).
+async fn runtime(
+    client: &aws_sdk_guardduty::Client,
+    detector_id: &str,
+    account: Option<&str>,
+    cell: &mut Cell,
+) {
+    match gd::runtime(client, detector_id, account).await {
+        Ok(runtime) => cell.runtime = Some(runtime),
+        Err(failure) => {
+            warn!(account_id = %cell.account_id, class = %failure.class, message = %failure.message, "Could not read Runtime Monitoring coverage.");
+            cell.unverified = Some(failure.class);
+        }
+    }
+}
+
 /// The CloudTrail lookup keys of a new version, if it names a principal.
 fn correlation(row: &FindingVersion) -> Option<Correlation> {
     if row.access_key_id.is_none() && row.user_name.is_none() {
@@ -543,6 +640,8 @@ impl Source for Findings<'_> {
         let window = window(self.run, &mark);
         let mut tally = Tally {
             counts: HashMap::new(),
+            cells: BTreeMap::new(),
+            newest: HashMap::new(),
             published: mark.published_set(),
             seen: HashSet::new(),
             new_versions: Vec::new(),
@@ -566,6 +665,18 @@ impl Source for Findings<'_> {
         self.duplicates
             .fetch_add(tally.duplicates, Ordering::Relaxed);
         let outcomes = self.outcomes(chain, window, failure.clone(), &tally, started);
+        let cells = chain.accounts().into_iter().map(|account| {
+            let mut cell = tally
+                .cells
+                .remove(&account)
+                .unwrap_or_else(|| Cell::new(&account, &chain.region));
+            cell.newest_ms = tally.newest.get(&account).copied();
+            cell
+        });
+        self.cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(cells);
         let state = self.next_mark(
             mark,
             window,

@@ -71,6 +71,11 @@ impl Publish {
         self
     }
 
+    /// The `runs` rows gathered so far.
+    pub fn gathered_outcomes(&self) -> &[TargetOutcome] {
+        &self.outcomes
+    }
+
     /// Sorts the `runs` rows by account, region and source.
     fn sort_outcomes(&mut self) {
         self.outcomes.sort_by(|a, b| {

@@ -9,6 +9,7 @@
 //! read), so each finding's JSON reaches the lake whole, with members the SDK does not know,
 //! and a finding the SDK cannot parse is still there to be quarantined with a reason.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_guardduty::types::{Condition, DetectorStatus, FindingCriteria, OrderBy, SortCriteria};
@@ -20,7 +21,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::warn;
 
@@ -163,8 +164,72 @@ struct GetFindingsBody<'a> {
     findings: Vec<&'a RawValue>,
 }
 
-/// The detector of the account in the client's region, or why there is none to read.
-pub async fn detector_id(client: &aws_sdk_guardduty::Client) -> Result<String, TargetFailure> {
+/// A detector as GetDetector describes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detector {
+    pub id: String,
+    pub status: Option<String>,
+    pub frequency: Option<String>,
+    pub features: Vec<Feature>,
+}
+
+/// A detector feature (GetDetector / GetMemberDetectors `Features`) and its additional
+/// configurations, names and statuses as the service spells them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    pub name: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional: Vec<(String, String)>,
+}
+
+impl Detector {
+    pub fn is_disabled(&self) -> bool {
+        self.status.as_deref() == Some(DetectorStatus::Disabled.as_str())
+    }
+}
+
+/// The features of a GetDetector or GetMemberDetectors answer (two SDK types, one shape).
+macro_rules! features {
+    ($list:expr) => {
+        $list
+            .iter()
+            .map(|f| {
+                let name = (f.name().map(|n| n.as_str()), f.status().map(|s| s.as_str()));
+                let additional = f.additional_configuration().iter();
+                feature(
+                    name,
+                    additional
+                        .map(|a| (a.name().map(|n| n.as_str()), a.status().map(|s| s.as_str()))),
+                )
+            })
+            .collect::<Vec<Feature>>()
+    };
+}
+
+/// A feature from the service's (name, status) and its additional configurations'.
+fn feature<'a>(
+    (name, status): (Option<&'a str>, Option<&'a str>),
+    additional: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> Feature {
+    let text = |v: Option<&str>| v.unwrap_or_default().to_owned();
+    Feature {
+        name: text(name),
+        status: text(status),
+        additional: additional.map(|(n, s)| (text(n), text(s))).collect(),
+    }
+}
+
+/// Whether Runtime Monitoring (or its EKS-only predecessor) is on among `features`.
+pub fn runtime_on(features: &[Feature]) -> bool {
+    features.iter().any(|f| {
+        (f.name == "RUNTIME_MONITORING" || f.name == "EKS_RUNTIME_MONITORING")
+            && f.status == "ENABLED"
+    })
+}
+
+/// The detector of the account in the client's region (disabled or not), or why there is none.
+pub async fn detector(client: &aws_sdk_guardduty::Client) -> Result<Detector, TargetFailure> {
     let detectors = client
         .list_detectors()
         .send()
@@ -177,20 +242,143 @@ pub async fn detector_id(client: &aws_sdk_guardduty::Client) -> Result<String, T
             "GuardDuty has no detector in this region",
         ));
     };
-    let detector = client
+    let answer = client
         .get_detector()
         .detector_id(&id)
         .send()
         .await
         .map_err(|e| classify("guardduty:GetDetector", &e))?;
-    if detector.status() == Some(&DetectorStatus::Disabled) {
-        return Err(TargetFailure::new(
-            TargetStatus::NotEnabled,
-            "DetectorDisabled",
-            format!("detector {id} is disabled"),
-        ));
+    let features = features!(answer.features());
+    Ok(Detector {
+        id,
+        status: answer.status().map(|s| s.as_str().to_owned()),
+        frequency: answer
+            .finding_publishing_frequency()
+            .map(|f| f.as_str().to_owned()),
+        features,
+    })
+}
+
+/// The failure of reading a disabled detector's findings.
+pub fn disabled(detector: &Detector) -> TargetFailure {
+    TargetFailure::new(
+        TargetStatus::NotEnabled,
+        "DetectorDisabled",
+        format!("detector {} is disabled", detector.id),
+    )
+}
+
+/// An administrator's members in its region (ListMembers, associated or not): account →
+/// (RelationshipStatus, the member's detector id).
+pub async fn members(
+    client: &aws_sdk_guardduty::Client,
+    detector_id: &str,
+) -> Result<BTreeMap<String, (String, Option<String>)>, TargetFailure> {
+    let mut found = BTreeMap::new();
+    let mut pages = client
+        .list_members()
+        .detector_id(detector_id)
+        .only_associated("false")
+        .max_results(50)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages
+        .next()
+        .await
+        .transpose()
+        .map_err(|e| classify("guardduty:ListMembers", &e))?
+    {
+        for member in page.members() {
+            if let Some(account) = member.account_id() {
+                let status = member.relationship_status().unwrap_or_default().to_owned();
+                found.insert(
+                    account.to_owned(),
+                    (status, member.detector_id().map(str::to_owned)),
+                );
+            }
+        }
     }
-    Ok(id)
+    Ok(found)
+}
+
+/// Members' features (GetMemberDetectors, 50 accounts a call).
+pub async fn member_features(
+    client: &aws_sdk_guardduty::Client,
+    detector_id: &str,
+    accounts: &[String],
+) -> Result<BTreeMap<String, Vec<Feature>>, TargetFailure> {
+    let mut found = BTreeMap::new();
+    for batch in accounts.chunks(50) {
+        let answer = client
+            .get_member_detectors()
+            .detector_id(detector_id)
+            .set_account_ids(Some(batch.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("guardduty:GetMemberDetectors", &e))?;
+        for member in answer.member_data_source_configurations() {
+            let features = features!(member.features());
+            if let Some(account) = member.account_id() {
+                found.insert(account.to_owned(), features);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Runtime Monitoring coverage of a detector (of one member's resources when `account` is
+/// given): counts by coverage status and by resource type.
+pub async fn runtime(
+    client: &aws_sdk_guardduty::Client,
+    detector_id: &str,
+    account: Option<&str>,
+) -> Result<Runtime, TargetFailure> {
+    use aws_sdk_guardduty::types::{
+        CoverageFilterCondition, CoverageFilterCriteria, CoverageFilterCriterion,
+        CoverageFilterCriterionKey, CoverageStatisticsType,
+    };
+    let mut call = client
+        .get_coverage_statistics()
+        .detector_id(detector_id)
+        .statistics_type(CoverageStatisticsType::CountByCoverageStatus)
+        .statistics_type(CoverageStatisticsType::CountByResourceType);
+    if let Some(account) = account {
+        let criterion = CoverageFilterCriterion::builder()
+            .criterion_key(CoverageFilterCriterionKey::AccountId)
+            .filter_condition(CoverageFilterCondition::builder().equals(account).build())
+            .build();
+        call = call.filter_criteria(
+            CoverageFilterCriteria::builder()
+                .filter_criterion(criterion)
+                .build(),
+        );
+    }
+    let answer = call
+        .send()
+        .await
+        .map_err(|e| classify("guardduty:GetCoverageStatistics", &e))?;
+    let stats = answer.coverage_statistics();
+    let counts = |map: Option<BTreeMap<String, i64>>| map.unwrap_or_default();
+    Ok(Runtime {
+        by_status: counts(
+            stats
+                .and_then(|s| s.count_by_coverage_status())
+                .map(|m| m.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect()),
+        ),
+        by_type: counts(
+            stats
+                .and_then(|s| s.count_by_resource_type())
+                .map(|m| m.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect()),
+        ),
+    })
+}
+
+/// Runtime Monitoring agents, counted by coverage status (HEALTHY, UNHEALTHY) and by resource
+/// type (EC2, ECS, EKS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub by_status: BTreeMap<String, i64>,
+    pub by_type: BTreeMap<String, i64>,
 }
 
 /// The findings of a detector updated inside a window, a GetFindings page at a time, oldest

@@ -8,6 +8,7 @@ lake = sys.argv[1] if len(sys.argv) > 1 else "./lake"
 con = duckdb.connect()
 con.execute(f"create view findings as select * from read_parquet('{lake}/findings/*/*.parquet', hive_partitioning=true)")
 con.execute(f"create view runs as select * from read_parquet('{lake}/runs/*/*.parquet', hive_partitioning=true)")
+con.execute(f"create view coverage as select * from read_parquet('{lake}/coverage/*/*.parquet', hive_partitioning=true)")
 
 print("Findings by severity label and type (top 12):")
 print(con.sql("""
@@ -21,7 +22,8 @@ print(con.sql("""
     select coalesce(action_type, '(none: runtime/malware)') as action_type, resource_type, count(*) as findings
     from findings group by 1, 2 order by findings desc, action_type
 """))
-print("Coverage: targets whose status was not ok:")
+print("Coverage gaps (the coverage table: what is not proven covered, and why):")
 print(con.sql("""
-    select account_id, region, status, error_class from runs where status <> 'ok' order by status, account_id, region
+    select account_id, region, unnest(gaps) as gap, status, error_class
+    from coverage where len(gaps) > 0 order by gap, account_id, region
 """))

@@ -324,6 +324,7 @@ def _stand_in(environ: dict[str, Any], start_response: Callable, url: str) -> li
 class ControlMiddleware:
     def __init__(self, app: Callable) -> None:
         self.app = app
+        guardduty_ext.REGION_ENABLED = lambda account_id, region: STATE.region_enabled(account_id, region)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -395,6 +396,19 @@ class ControlMiddleware:
                 raw_text = {str(k): base64.b64decode(v) for k, v in (body.get("raw_text_b64") or {}).items()}
                 detector_id = guardduty_ext.seed(str(body["account_id"]), body["region"], findings, raw_text)
                 return _json(start_response, 200, {"detector_id": detector_id, "seeded": len(findings)})
+            if name == "guardduty/detector" and method == "POST":
+                changed = {str(k): str(v) for k, v in (body.get("features") or {}).items()}
+                detector_id = guardduty_ext.configure_detector(str(body["account_id"]), body["region"], body.get("status"), changed)
+                return _json(start_response, 200, {"detector_id": detector_id})
+            if name == "guardduty/coverage" and method == "POST":
+                with guardduty_ext.LOCK:
+                    guardduty_ext.COVERAGE[(str(body["account_id"]), body["region"])] = body["resources"]
+                return _json(start_response, 200, {"ok": True})
+            if name == "guardduty/member" and method == "POST":
+                key = (str(body["admin_account"]), body["region"], str(body["account_id"]))
+                with guardduty_ext.LOCK:
+                    guardduty_ext.RELATIONSHIPS[key] = body.get("relationship")
+                return _json(start_response, 200, {"ok": True})
             if name == "cloudtrail/events" and method == "POST":
                 events = body["events"]
                 cloudtrail_ext.seed(str(body["account_id"]), body["region"], events)

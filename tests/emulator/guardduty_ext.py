@@ -1,4 +1,6 @@
-"""GuardDuty ListFindings, GetFindings, CreateSampleFindings, Archive/UnarchiveFindings for moto.
+"""GuardDuty ListFindings, GetFindings, CreateSampleFindings, Archive/UnarchiveFindings,
+ListMembers, GetMemberDetectors and GetCoverageStatistics for moto; detectors created here
+report the features a new detector has.
 
 moto 5.2.5 keeps GuardDuty detectors per account and region but answers 404 for the finding
 operations. This module adds their routes to moto's GuardDuty URL map and their response
@@ -15,7 +17,7 @@ import json
 import threading
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from moto.core.exceptions import JsonRESTError
 from moto.guardduty import urls as gd_urls
@@ -30,7 +32,32 @@ FINDINGS: dict[tuple[str, str], dict[str, dict]] = {}
 # (account_id, region) -> finding id -> the bytes GetFindings answers for it instead of its JSON
 # (hostile-input tests: invalid UTF-8, raw control characters, huge findings).
 RAW_TEXT: dict[tuple[str, str], dict[str, bytes]] = {}
+# (admin account, region, member) -> relationship status other than Enabled (None: not a member).
+RELATIONSHIPS: dict[tuple[str, str, str], str | None] = {}
+# (account, region) -> resource type (EC2, ECS, EKS) -> coverage status (HEALTHY, UNHEALTHY) -> count.
+COVERAGE: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
 LOCK = threading.RLock()
+# Whether a region is enabled for an account (set by control.py, which keeps opt-in status).
+REGION_ENABLED: Callable[[str, str], bool] = lambda account_id, region: True
+
+# What GetDetector reports for a new detector: the foundational sources and the protection plans
+# GuardDuty turns on by default, Runtime Monitoring off.
+DEFAULT_FEATURES: dict[str, str] = {
+    "CLOUD_TRAIL": "ENABLED",
+    "DNS_LOGS": "ENABLED",
+    "FLOW_LOGS": "ENABLED",
+    "S3_DATA_EVENTS": "ENABLED",
+    "EKS_AUDIT_LOGS": "ENABLED",
+    "EBS_MALWARE_PROTECTION": "ENABLED",
+    "RDS_LOGIN_EVENTS": "ENABLED",
+    "LAMBDA_NETWORK_LOGS": "ENABLED",
+    "EKS_RUNTIME_MONITORING": "DISABLED",
+    "RUNTIME_MONITORING": "DISABLED",
+}
+ADDITIONAL: dict[str, list[str]] = {
+    "EKS_RUNTIME_MONITORING": ["EKS_ADDON_MANAGEMENT"],
+    "RUNTIME_MONITORING": ["EKS_ADDON_MANAGEMENT", "ECS_FARGATE_AGENT_MANAGEMENT", "EC2_AGENT_MANAGEMENT"],
+}
 
 
 class BadRequestException(JsonRESTError):
@@ -47,15 +74,40 @@ def reset() -> None:
     with LOCK:
         FINDINGS.clear()
         RAW_TEXT.clear()
+        RELATIONSHIPS.clear()
+        COVERAGE.clear()
+
+
+def features(statuses: dict[str, str]) -> list[dict]:
+    """GetDetector's `features`: each with its status and additional configuration."""
+    now = int(datetime.now(timezone.utc).timestamp())  # rest-json timestamps: epoch seconds
+    out = []
+    for name, status in statuses.items():
+        feature: dict[str, Any] = {"name": name, "status": status, "updatedAt": now}
+        if name in ADDITIONAL:
+            feature["additionalConfiguration"] = [{"name": a, "status": status, "updatedAt": now} for a in ADDITIONAL[name]]
+        out.append(feature)
+    return out
 
 
 def ensure_detector(account_id: str, region: str) -> str:
-    """The detector id of the account in the region, created (enabled) when it has none."""
+    """The detector id of the account in the region, created (enabled, with the default
+    features) when it has none."""
     backend = guardduty_backends[account_id][region]
     detectors = backend.list_detectors()
     if detectors:
         return detectors[0]
-    return backend.create_detector(True, "FIFTEEN_MINUTES", {}, {}, [])
+    return backend.create_detector(True, "FIFTEEN_MINUTES", {}, {}, features(DEFAULT_FEATURES))
+
+
+def configure_detector(account_id: str, region: str, status: str | None, changed: dict[str, str]) -> str:
+    """Sets the detector's status and some features' status (creating it when needed)."""
+    detector_id = ensure_detector(account_id, region)
+    detector = guardduty_backends[account_id][region].get_detector(detector_id)
+    statuses = {f["name"]: f["status"] for f in detector.features} or dict(DEFAULT_FEATURES)
+    statuses.update(changed)
+    detector.update(None if status is None else status == "ENABLED", None, None, features(statuses))
+    return detector_id
 
 
 def seed(account_id: str, region: str, findings: list[dict], raw_text: dict[str, bytes] | None = None) -> str:
@@ -270,12 +322,107 @@ def unarchive_findings(self: GuardDutyResponse) -> str:
     return _set_archived(self, False)
 
 
+def _members(admin: str, region: str) -> list[dict]:
+    """The administrator's members in the region: every other organization account while it is
+    the delegated administrator there. Enabled when monitored; Created when it has no detector
+    there, Disabled when its detector is disabled, RegionDisabled when the region is not opted in
+    for it; or as set by the control endpoint."""
+    if not _is_delegated_admin(admin, region):
+        return []
+    out = []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for account in _organization_members(admin):
+        if account == admin:
+            continue
+        detectors = guardduty_backends[account][region].list_detectors()
+        if not REGION_ENABLED(account, region):
+            natural = "RegionDisabled"
+        elif not detectors:
+            natural = "Created"
+        elif not guardduty_backends[account][region].get_detector(detectors[0]).enabled:
+            natural = "Disabled"
+        else:
+            natural = "Enabled"
+        with LOCK:
+            status = RELATIONSHIPS.get((admin, region, account), natural)
+        if status is None:
+            continue
+        member = {"accountId": account, "masterId": admin, "administratorId": admin, "email": f"{account}@example.com",
+                  "relationshipStatus": status, "invitedAt": now, "updatedAt": now}  # fmt: skip
+        if detectors:
+            member["detectorId"] = detectors[0]
+        out.append(member)
+    return out
+
+
+def list_members(self: GuardDutyResponse) -> str:
+    _detector(self)
+    max_results = int(self._get_param("maxResults") or 50)
+    if not 1 <= max_results <= 50:
+        raise BadRequestException("The request is rejected because the maxResults must be between 1 and 50.")
+    members = _members(self.current_account, self.region)
+    if str(self._get_param("onlyAssociated") or "true").lower() == "true":
+        members = [m for m in members if m["relationshipStatus"] == "Enabled"]
+    start = int(self._get_param("nextToken") or 0)
+    body: dict[str, Any] = {"members": members[start : start + max_results]}
+    if start + max_results < len(members):
+        body["nextToken"] = str(start + max_results)
+    return json.dumps(body)
+
+
+def get_member_detectors(self: GuardDutyResponse) -> str:
+    _detector(self)
+    ids = self._get_param("accountIds") or []
+    if not 1 <= len(ids) <= 50:
+        raise BadRequestException("The request is rejected because accountIds must have 1 to 50 items.")
+    members = {m["accountId"]: m for m in _members(self.current_account, self.region)}
+    found, unprocessed = [], []
+    for account in ids:
+        detector_id = members.get(account, {}).get("detectorId")
+        if detector_id is None:
+            unprocessed.append({"accountId": account, "result": "The request is rejected because the given account ID is not an associated member of the account."})
+            continue
+        detector = guardduty_backends[account][self.region].get_detector(detector_id)
+        found.append({"accountId": account, "features": detector.features, "dataSources": detector.to_json()["dataSources"]})
+    return json.dumps({"members": found, "unprocessedAccounts": unprocessed})
+
+
+def get_coverage_statistics(self: GuardDutyResponse) -> str:
+    _detector(self)
+    kinds = self._get_param("statisticsType") or []
+    if not kinds:
+        raise BadRequestException("The request is rejected because statisticsType is required.")
+    accounts = [self.current_account] + [m["accountId"] for m in _members(self.current_account, self.region)]
+    for criterion in (self._get_param("filterCriteria") or {}).get("filterCriterion") or []:
+        if criterion.get("criterionKey") == "ACCOUNT_ID":
+            accounts = [a for a in accounts if a in (criterion.get("filterCondition") or {}).get("equals", [])]
+    by_type: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    with LOCK:
+        for account in accounts:
+            for resource_type, statuses in COVERAGE.get((account, self.region), {}).items():
+                for status, count in statuses.items():
+                    by_type[resource_type] = by_type.get(resource_type, 0) + count
+                    by_status[status] = by_status.get(status, 0) + count
+    statistics: dict[str, Any] = {}
+    if "COUNT_BY_RESOURCE_TYPE" in kinds:
+        statistics["countByResourceType"] = by_type
+    if "COUNT_BY_COVERAGE_STATUS" in kinds:
+        statistics["countByCoverageStatus"] = by_status
+    return json.dumps({"coverageStatistics": statistics})
+
+
 def install() -> None:
     """Adds the routes and response methods to moto's GuardDuty service."""
-    for suffix in ("findings", "findings/get", "findings/create", "findings/archive", "findings/unarchive"):
+    suffixes = ("findings", "findings/get", "findings/create", "findings/archive", "findings/unarchive",
+                "member", "member/detector/get", "coverage/statistics")  # fmt: skip
+    for suffix in suffixes:
         gd_urls.url_paths["{0}/detector/(?P<detector_id>[^/]+)/" + suffix + "$"] = GuardDutyResponse.dispatch
     GuardDutyResponse.list_findings = list_findings
     GuardDutyResponse.get_findings = get_findings
     GuardDutyResponse.create_sample_findings = create_sample_findings
     GuardDutyResponse.archive_findings = archive_findings
     GuardDutyResponse.unarchive_findings = unarchive_findings
+    GuardDutyResponse.list_members = list_members
+    GuardDutyResponse.get_member_detectors = get_member_detectors
+    GuardDutyResponse.get_coverage_statistics = get_coverage_statistics

@@ -17,7 +17,8 @@ from conftest import cloudtrail_fixtures
 from test_collect import guardlake
 
 SQL = Path(__file__).resolve().parents[2] / "infra" / "sql"
-TABLES = ["findings", "runs", "cloudtrail_events", "finding_events"]
+TABLES = ["findings", "runs", "cloudtrail_events", "finding_events", "coverage"]
+VIEWS = ["findings_latest", "coverage_latest"]
 
 
 def to_duckdb(trino_sql: str) -> str:
@@ -34,7 +35,8 @@ def connect(lake: Path) -> duckdb.DuckDBPyConnection:
     for table in TABLES:
         # dt stays a string, as the Glue tables declare it (so dt filters compare strings).
         con.execute(f"create view {table} as select * from read_parquet('{lake}/{table}/*/*.parquet', hive_partitioning=true, hive_types_autocast=false)")
-    con.execute(to_duckdb((SQL / "findings_latest.sql").read_text()))
+    for view in VIEWS:
+        con.execute(to_duckdb((SQL / f"{view}.sql").read_text()))
     return con
 
 
@@ -80,8 +82,12 @@ def test_views_and_named_queries_answer_on_a_real_lake(tmp_path):
     assert spikes[0]["count_growth_per_hour"] == 1000.0, "500 more in 30 minutes"
     assert len(spikes) == 1
 
+    failed = run_query(con, "failed_targets")
+    assert {(r["account_id"], r["source"], r["status"]) for r in failed} == {(denied, "guardduty", "access_denied"), (denied, "cloudtrail", "access_denied")}
     coverage = run_query(con, "coverage")
-    assert {(r["account_id"], r["source"], r["status"]) for r in coverage} == {(denied, "guardduty", "access_denied"), (denied, "cloudtrail", "access_denied")}
+    assert [(r["account_id"], r["covered"]) for r in coverage] == [(denied, False), *sorted((a, True) for a in (quiet, busy))]
+    gaps = run_query(con, "coverage_gaps")
+    assert [(r["account_id"], r["region"], r["gap"]) for r in gaps] == [(denied, "eu-west-1", "role_denied")], "the latest run's row only"
 
     high = run_query(con, "new_high_critical_24h")
     expected_high = {f["id"] for f in quiet_findings if f["severity"] >= 7.0}

@@ -344,3 +344,61 @@ def test_backends_on_two_ports_start_serve_and_stop_independently():
         for port in (first, second):
             make("emulator-stop", port)
     assert not answers(first) and not answers(second)
+
+
+def raw_answers(gd_client, operation: str) -> list[dict]:
+    """The JSON bodies of the backend's successful answers to `operation`, as sent (before
+    botocore parses them)."""
+    bodies: list[dict] = []
+
+    def keep(http_response, **_):
+        if http_response.status_code == 200:
+            bodies.append(json.loads(http_response.text))
+
+    gd_client.meta.events.register(f"after-call.guardduty.{operation}", keep)
+    return bodies
+
+
+def test_detector_features_members_and_runtime_coverage_match_the_model():
+    org = client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    admin, member, outsider = (org.create_account(AccountName=n, Email=f"{n}@example.com")["CreateAccountStatus"]["AccountId"]
+                               for n in ("security", "prod", "dev"))  # fmt: skip
+    for account in (admin, member, outsider):
+        seed_findings(account, "eu-west-1", [])
+    client("guardduty", "eu-west-1").enable_organization_admin_account(AdminAccountId=admin)
+    control("POST", "/moto-api/ext/guardduty/detector", {"account_id": member, "region": "eu-west-1", "features": {"S3_DATA_EVENTS": "DISABLED", "RUNTIME_MONITORING": "ENABLED"}})
+    control("POST", "/moto-api/ext/guardduty/member", {"admin_account": admin, "region": "eu-west-1", "account_id": outsider, "relationship": "Disabled"})
+    control("POST", "/moto-api/ext/guardduty/coverage", {"account_id": member, "region": "eu-west-1", "resources": {"EC2": {"HEALTHY": 2, "UNHEALTHY": 1}, "EKS": {"HEALTHY": 4}}})
+
+    gd = client("guardduty", "eu-west-1", assume(admin))
+    detector = gd.list_detectors()["DetectorIds"][0]
+    answers = {op: raw_answers(gd, op) for op in ("GetDetector", "ListMembers", "GetMemberDetectors", "GetCoverageStatistics")}
+    new = gd.get_detector(DetectorId=detector)
+    assert {f["Name"]: f["Status"] for f in new["Features"]}["S3_DATA_EVENTS"] == "ENABLED", "a new detector has the default features"
+    assert set(shape("guardduty", "DetectorFeatureResult").enum) >= {f["Name"] for f in new["Features"]}
+    members = {m["AccountId"]: m["RelationshipStatus"] for m in gd.list_members(DetectorId=detector, OnlyAssociated="false")["Members"]}
+    assert members[member] == "Enabled" and members[outsider] == "Disabled", members
+    assert members["123456789012"] == "Created", "the management account has no detector there"
+    assert [m["AccountId"] for m in gd.list_members(DetectorId=detector)["Members"]] == [member], "only associated (Enabled) by default"
+    got = gd.get_member_detectors(DetectorId=detector, AccountIds=[member, "999999999999"])
+    [config] = got["MemberDataSourceConfigurations"]
+    features = {f["Name"]: f["Status"] for f in config["Features"]}
+    assert config["AccountId"] == member and features["S3_DATA_EVENTS"] == "DISABLED" and features["RUNTIME_MONITORING"] == "ENABLED"
+    runtime = next(f for f in config["Features"] if f["Name"] == "RUNTIME_MONITORING")
+    assert {a["Name"] for a in runtime["AdditionalConfiguration"]} >= {"EC2_AGENT_MANAGEMENT"}
+    assert [u["AccountId"] for u in got["UnprocessedAccounts"]] == ["999999999999"]
+    with pytest.raises(ClientError) as too_many:
+        gd.get_member_detectors(DetectorId=detector, AccountIds=[f"{n:012d}" for n in range(51)])
+    assert error_code(too_many.value) == "BadRequestException"
+    stats = gd.get_coverage_statistics(DetectorId=detector, StatisticsType=["COUNT_BY_COVERAGE_STATUS", "COUNT_BY_RESOURCE_TYPE"],
+                                       FilterCriteria={"FilterCriterion": [{"CriterionKey": "ACCOUNT_ID", "FilterCondition": {"Equals": [member]}}]})  # fmt: skip
+    assert stats["CoverageStatistics"] == {"CountByCoverageStatus": {"HEALTHY": 6, "UNHEALTHY": 1}, "CountByResourceType": {"EC2": 3, "EKS": 4}}
+    disabled = control("POST", "/moto-api/ext/guardduty/detector", {"account_id": outsider, "region": "eu-west-1", "status": "DISABLED"})
+    outsider_gd = client("guardduty", "eu-west-1", assume(outsider))
+    assert outsider_gd.get_detector(DetectorId=disabled["detector_id"])["Status"] == "DISABLED"
+    for operation, output in (("GetDetector", "GetDetectorResponse"), ("ListMembers", "ListMembersResponse"),
+                              ("GetMemberDetectors", "GetMemberDetectorsResponse"), ("GetCoverageStatistics", "GetCoverageStatisticsResponse")):  # fmt: skip
+        assert answers[operation], operation
+        for body in answers[operation]:
+            assert not problems(body, shape("guardduty", output)), operation

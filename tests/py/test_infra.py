@@ -80,8 +80,8 @@ def test_views_exist_at_deploy_in_athenas_format():
     views = {r["Properties"]["TableInput"]["Name"]: r["Properties"]["TableInput"] for r in resources.values()
              if r["Type"] == "AWS::Glue::Table" and r["Properties"]["TableInput"]["TableType"] == "VIRTUAL_VIEW"}
     files = {p.stem: p.read_text() for p in (ROOT / "infra" / "sql").glob("*.sql") if p.read_text().startswith("-- View ")}
-    assert set(views) == set(files) == {"findings_latest"}
-    findings = json.loads((ROOT / "schemas" / "findings.json").read_text())
+    assert set(views) == set(files) == {"findings_latest", "coverage_latest"}
+    base = {"findings_latest": ("findings", "version_rank"), "coverage_latest": ("coverage", "recency")}
     trino = {"string": "varchar", "bigint": "bigint", "int": "integer", "double": "double", "boolean": "boolean",
              "timestamp": "timestamp(3)", "array<string>": "array(varchar)"}
     for name, view in views.items():
@@ -90,7 +90,9 @@ def test_views_exist_at_deploy_in_athenas_format():
         definition = json.loads(encoded["Base64"]["Fn::Sub"].replace("${GlueDatabase}", "guardlake"))
         assert definition["schema"] == "guardlake" and definition["catalog"] == "awsdatacatalog"
         assert definition["originalSql"] == files[name].split(" AS\n", 1)[1].strip()
-        expected = [(c["name"], c["type"]) for c in findings["columns"] + findings["partition_keys"]] + [("version_rank", "bigint")]
+        table, extra = base[name]
+        read = json.loads((ROOT / "schemas" / f"{table}.json").read_text())
+        expected = [(c["name"], c["type"]) for c in read["columns"] + read["partition_keys"]] + [(extra, "bigint")]
         assert [(c["name"], c["type"]) for c in definition["columns"]] == [(n, trino[t]) for n, t in expected]
         assert [(c["Name"], c["Type"]) for c in view["StorageDescriptor"]["Columns"]] == expected
 

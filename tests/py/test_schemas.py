@@ -128,4 +128,4 @@ def test_schema_command_prints_ddl_docs_and_json_from_the_one_definition():
     every = guardlake("schema").stdout
     assert every.count("CREATE EXTERNAL TABLE") == len(list((ROOT / "schemas").glob("*.json")))
     bad = guardlake("schema", "--table", "nope", check_codes=(2,))
-    assert "findings, runs, schema_drift, cloudtrail_events, finding_events" in bad.stderr
+    assert "findings, runs, coverage, schema_drift, cloudtrail_events, finding_events" in bad.stderr

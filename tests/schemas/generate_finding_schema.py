@@ -164,7 +164,7 @@ def render_readme() -> str:
         "",
         "| file | what | made by |",
         "|---|---|---|",
-        "| `findings.json`, `runs.json`, `schema_drift.json`, `cloudtrail_events.json`, `finding_events.json` | the lake's tables: columns, types, descriptions; the Arrow schema, the Athena DDL (`guardlake schema --format ddl`) and the column docs (`--format markdown`) come from them | hand |",
+        "| `findings.json`, `runs.json`, `coverage.json`, `schema_drift.json`, `cloudtrail_events.json`, `finding_events.json` | the lake's tables: columns, types, descriptions; the Arrow schema, the Athena DDL (`guardlake schema --format ddl`) and the column docs (`--format markdown`) come from them | hand |",
         "| `guardduty/finding.schema.json` | JSON Schema (draft 2020-12) of a GuardDuty `Finding` as GetFindings returns it | `make schemas` |",
         "| `guardduty/known_types.json` | finding, resource and action types guardlake knows; others are reported as drift | hand |",
         "| `guardduty/examples/*.json` | one finding per shape (action type × resource type), each valid against the schema | hand, from `tests/emulator/shapes.py` |",

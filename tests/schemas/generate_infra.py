@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "infra" / "hub.in.yaml"
 OUT = ROOT / "infra" / "hub.yaml"
-TABLE_ORDER = ["findings", "runs", "schema_drift", "cloudtrail_events", "finding_events"]
+TABLE_ORDER = ["findings", "runs", "schema_drift", "cloudtrail_events", "finding_events", "coverage"]
 
 
 def q(text: str) -> str:
@@ -108,7 +108,7 @@ def trino_type(hive: str) -> str:
 
 
 # A view's columns past those of the table it reads: (name, Hive type).
-VIEW_EXTRA = {"findings_latest": [("version_rank", "bigint")]}
+VIEW_EXTRA = {"findings_latest": [("version_rank", "bigint")], "coverage_latest": [("recency", "bigint")]}
 
 
 def view_definition(name: str, sql: str) -> tuple[str, str, list[tuple[str, str]]]:
