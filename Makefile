@@ -29,7 +29,7 @@ CODE_KEY ?= guardlake/lambda-$(shell git rev-parse --short HEAD 2>/dev/null || e
 AWS_ENV := AWS_ENDPOINT_URL=$(EMULATOR_URL) AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
 	AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true GUARDLAKE_TEST_ENDPOINT=$(EMULATOR_URL)
 
-.PHONY: help venv build emulator emulator-stop test test-rust test-py lint demo bench bench-scale schemas infra package deploy deploy-preflight deploy-members clean
+.PHONY: help venv browser build emulator emulator-stop test test-rust test-py lint demo bench bench-scale schemas infra package deploy deploy-preflight deploy-members clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ $(CHECKOV_VENV)/.installed: tests/requirements-checkov.txt
 
 venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## Create the Python venvs of the test backend and checks
 
+browser: ## Headless Chromium (Debian's chromium-headless-shell) for the coverage page's browser test
+	@command -v chromium-headless-shell >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium-headless-shell; }
+
 build: ## Build guardlake (debug)
 	$(CARGO) build --all-targets
 
@@ -62,7 +65,7 @@ lint: ## cargo fmt --check, clippy -D warnings, and the shape rules of src/ (no 
 	$(CARGO) clippy --all-targets -- -D warnings
 	python3 tests/code_shape.py
 
-test: venv lint build ## Every test: lint, Rust unit + integration tests, backend fidelity tests
+test: venv browser lint build ## Every test: lint, Rust unit + integration tests, backend fidelity tests
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
 	  $(AWS_ENV) $(CARGO) test --all-targets -- --test-threads=1 || status=$$?; \

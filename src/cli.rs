@@ -41,6 +41,9 @@ pub enum Command {
     /// Distributed run, last step: publish one finished attempt of every shard through one
     /// journal (shards that never finished fail as ShardFailed), then release the lock.
     Commit(Box<CommitArgs>),
+    /// Render the coverage table as one self-contained HTML page: an account × region grid, a
+    /// feature × account matrix, counts.
+    Coverage(Box<CoverageArgs>),
     /// Print the lake's tables as Athena DDL, Markdown column docs, or JSON Schema.
     Schema(SchemaArgs),
 }
@@ -169,6 +172,42 @@ impl CompactArgs {
             home_region: self.home_region.clone(),
             work_dir: self.work_dir.clone(),
             lock_lease_secs: self.lock_lease_secs,
+            ..Config::default()
+        }
+    }
+}
+
+/// Flags of `guardlake coverage`.
+#[derive(Debug, Args)]
+pub struct CoverageArgs {
+    /// TOML config file (the same as `run`'s; only lake keys are used).
+    #[arg(long, env = "GUARDLAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Lake location: file://DIR, a directory, or s3://bucket/prefix [default: ./lake].
+    #[arg(long, env = "GUARDLAKE_OUTPUT", value_name = "URI")]
+    pub output: Option<String>,
+    /// Write the page to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+    /// Read the coverage rows of the last N days, 1-400; each account × region shows its latest.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=400), value_name = "N")]
+    pub days: u32,
+    /// Region for STS [default: the SDK region, else us-east-1].
+    #[arg(long, env = "GUARDLAKE_HOME_REGION", value_name = "REGION")]
+    pub home_region: Option<String>,
+    /// Scratch directory [default: the system temp dir].
+    #[arg(long, env = "GUARDLAKE_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+impl CoverageArgs {
+    pub fn as_config(&self) -> Config {
+        Config {
+            output: self.output.clone(),
+            home_region: self.home_region.clone(),
+            work_dir: self.work_dir.clone(),
             ..Config::default()
         }
     }

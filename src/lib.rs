@@ -17,6 +17,7 @@ pub mod error;
 pub mod lambda;
 pub mod logs;
 pub mod normalize;
+pub mod page;
 pub mod pipeline;
 pub mod report;
 pub mod run;

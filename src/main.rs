@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use clap::Parser;
-use guardlake::cli::{Cli, Command, CommitArgs, CompactArgs, RunArgs, ShardArgs};
+use guardlake::cli::{Cli, Command, CommitArgs, CompactArgs, CoverageArgs, RunArgs, ShardArgs};
 use guardlake::config::{Config, ValidatedConfig};
 use guardlake::error::{exit_code, RunError};
 use guardlake::run::{Backfill, RunOptions};
@@ -156,6 +156,7 @@ fn main() {
         Command::Plan(args) => plan_command(&args, &runtime),
         Command::Shard(args) => shard_command(&args, &runtime),
         Command::PlanTrail(args) => plan_trail_command(&args, &runtime),
+        Command::Coverage(args) => coverage_command(&args, &runtime),
         Command::Commit(args) => commit_command(&args, &runtime),
     };
     std::process::exit(code);
@@ -235,6 +236,27 @@ fn plan_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
     match runtime.block_on(guardlake::distributed::plan(config, options)) {
         Ok(plan) => {
             println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            exit_code::OK
+        }
+        Err(err) => failed(&err),
+    }
+}
+
+/// `guardlake coverage --html FILE`: writes the coverage page.
+fn coverage_command(args: &CoverageArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let config = load_config(args.config.as_deref(), args.as_config());
+    let options = RunOptions {
+        s3_path_style: args.s3.path_style(),
+        ..RunOptions::default()
+    };
+    match runtime.block_on(guardlake::page::write(
+        config, options, &args.html, args.days,
+    )) {
+        Ok(cells) => {
+            println!(
+                "Wrote {}: {cells} account × region cell(s).",
+                args.html.display()
+            );
             exit_code::OK
         }
         Err(err) => failed(&err),

@@ -19,3 +19,7 @@ echo "(exit code $status: 0 all ok, 3 published with some targets failed, as see
 echo
 echo "== The lake, queried with DuckDB"
 "$py" tests/demo/query.py "$lake"
+echo
+echo "== guardlake coverage --output $lake --html $lake/coverage.html"
+./target/debug/guardlake coverage --output "$lake" --html "$lake/coverage.html"
+echo "Open it in a browser: file://$(cd "$lake" && pwd)/coverage.html"
