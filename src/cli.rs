@@ -41,6 +41,10 @@ pub enum Command {
     /// Distributed run, last step: publish one finished attempt of every shard through one
     /// journal (shards that never finished fail as ShardFailed), then release the lock.
     Commit(Box<CommitArgs>),
+    /// Ask GuardDuty for one sample finding of --canary-type in every covered account × region
+    /// (needs guardduty:CreateSampleFindings: the member stack's EnableCanary); later runs mark
+    /// each arrived, or a `canary_missing` gap after --canary-wait-secs.
+    Canary(Box<RunArgs>),
     /// Render the coverage table as one self-contained HTML page: an account × region grid, a
     /// feature × account matrix, counts.
     Coverage(Box<CoverageArgs>),

@@ -204,6 +204,12 @@ pub struct Config {
         value_name = "NAME,NAME"
     )]
     pub required_features: Option<Vec<String>>,
+    /// `guardlake canary`: the finding type of the sample each covered account × region is asked for [default: Recon:EC2/PortProbeUnprotectedPort].
+    #[arg(long, env = "GUARDLAKE_CANARY_TYPE", value_name = "TYPE")]
+    pub canary_type: Option<String>,
+    /// Seconds after a canary request its sample must be in the lake; later, it is a `canary_missing` gap in the coverage table, 0 to 604800 [default: 3600].
+    #[arg(long, env = "GUARDLAKE_CANARY_WAIT_SECS", value_name = "SECS")]
+    pub canary_wait_secs: Option<u64>,
     /// Distributed org-trail runs: trail objects a batch reads at most, by estimate (288 per log prefix and delivery day); an account's backlog above it is split into region and day batches, 288 to 1000000 [default: 2000].
     #[arg(long, env = "GUARDLAKE_TRAIL_SHARD_OBJECTS", value_name = "N")]
     pub trail_shard_objects: Option<u64>,
@@ -273,6 +279,8 @@ pub struct ValidatedConfig {
     pub trail_org_id: Option<String>,
     pub trail_shard_objects: u64,
     pub required_features: Vec<String>,
+    pub canary_type: String,
+    pub canary_wait_secs: i64,
 }
 
 /// Where the organization trail's objects are read from.
@@ -368,6 +376,7 @@ impl Config {
         let numbers = self.numbers()?;
         let watchlist = self.watchlist()?;
         let required_features = self.required_features()?;
+        let canary_type = self.canary()?;
         let (cloudtrail, trail) = self.trail()?;
         let mode = self.mode.unwrap_or(Mode::Member);
         Ok(ValidatedConfig {
@@ -375,6 +384,8 @@ impl Config {
             trail_org_id: self.trail_org_id,
             trail_shard_objects: numbers.trail_shard_objects,
             required_features,
+            canary_type,
+            canary_wait_secs: numbers.canary_wait_secs as i64,
             cloudtrail,
             watchlist,
             lookup_pad_secs: numbers.lookup_pad_secs as i64,
@@ -627,6 +638,22 @@ impl Config {
             86_400,
             "use 0 to 86400 seconds (at most a day)",
         )?;
+        let (trail_shard_objects, canary_wait_secs) = self.batch_and_canary_numbers()?;
+        Ok(Numbers {
+            canary_wait_secs,
+            trail_shard_objects,
+            lookback_days,
+            overlap_secs,
+            max_attempts,
+            target_file_bytes,
+            flush_bytes,
+            lock_lease_secs,
+            lookup_pad_secs,
+        })
+    }
+
+    /// `trail_shard_objects` and `canary_wait_secs`, defaults applied, each inside its range.
+    fn batch_and_canary_numbers(&self) -> Result<(u64, u64), ConfigError> {
         let trail_shard_objects = self
             .trail_shard_objects
             .unwrap_or(DEFAULT_TRAIL_SHARD_OBJECTS);
@@ -637,16 +664,15 @@ impl Config {
             1_000_000,
             "a batch holds at least one log prefix's day (288 objects); use 288 to 1000000",
         )?;
-        Ok(Numbers {
-            trail_shard_objects,
-            lookback_days,
-            overlap_secs,
-            max_attempts,
-            target_file_bytes,
-            flush_bytes,
-            lock_lease_secs,
-            lookup_pad_secs,
-        })
+        let canary_wait_secs = self.canary_wait_secs.unwrap_or(DEFAULT_CANARY_WAIT_SECS);
+        in_range(
+            ("canary_wait_secs", "--canary-wait-secs"),
+            canary_wait_secs,
+            0,
+            604_800,
+            "use 0 to 604800 seconds (a week); samples arrive within minutes",
+        )?;
+        Ok((trail_shard_objects, canary_wait_secs))
     }
 
     /// The watch-list (default [`DEFAULT_WATCHLIST`]): CloudTrail event names.
@@ -688,6 +714,26 @@ impl Config {
             ));
         }
         Ok(dedup(names))
+    }
+
+    /// The canary's finding type: `ThreatPurpose:ResourceTypeAffected/ThreatFamilyName…`.
+    fn canary(&self) -> Result<String, ConfigError> {
+        let name = self
+            .canary_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CANARY_TYPE.to_owned());
+        let shaped = name.split_once(':').is_some_and(|(purpose, rest)| {
+            !purpose.is_empty() && rest.contains('/') && !rest.starts_with('/')
+        });
+        if !shaped || name.len() > 128 || name.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "canary_type",
+                "--canary-type",
+                format!("{name:?} is not a GuardDuty finding type"),
+                "use a type such as Recon:EC2/PortProbeUnprotectedPort",
+            ));
+        }
+        Ok(name)
     }
 
     /// The CloudTrail mode and where an organization trail is read from.
@@ -819,6 +865,7 @@ struct Numbers {
     lock_lease_secs: u64,
     lookup_pad_secs: u64,
     trail_shard_objects: u64,
+    canary_wait_secs: u64,
 }
 
 /// Rows buffered before they are sorted and encoded (`flush_bytes`): 32 MiB keeps a run over
@@ -834,6 +881,8 @@ pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_LOCK_LEASE_SECS: u64 = 900;
 pub const DEFAULT_LOOKUP_PAD_SECS: u64 = 900;
 pub const DEFAULT_TRAIL_SHARD_OBJECTS: u64 = 2000;
+pub const DEFAULT_CANARY_TYPE: &str = "Recon:EC2/PortProbeUnprotectedPort";
+pub const DEFAULT_CANARY_WAIT_SECS: u64 = 3600;
 /// The features every detector must have on by default: the foundational sources GuardDuty
 /// always analyzes and S3 Protection, on for every new detector.
 pub const DEFAULT_REQUIRED_FEATURES: [&str; 4] =
@@ -986,6 +1035,8 @@ mod tests {
                 "trail_shard_objects",
                 DEFAULT_TRAIL_SHARD_OBJECTS.to_string(),
             ),
+            ("canary_type", DEFAULT_CANARY_TYPE.to_owned()),
+            ("canary_wait_secs", DEFAULT_CANARY_WAIT_SECS.to_string()),
         ] {
             let text = help(id);
             assert!(

@@ -46,6 +46,8 @@ pub enum StepName {
     Shard,
     PlanTrail,
     Commit,
+    /// Not a distributed step: `guardlake canary` (the canary schedule's payload).
+    Canary,
 }
 
 impl StepPayload {
@@ -115,6 +117,15 @@ async fn step(
                     .await
                     .map_err(failed)?,
             )
+        }
+        StepName::Canary => {
+            let done = crate::canary::request(config, options)
+                .await
+                .map_err(failed)?;
+            Ok(serde_json::json!({
+                "canaries": done.canaries.len(),
+                "failed": done.failed.len(),
+            }))
         }
         StepName::Commit => {
             let run_id = payload.run_id().map_err(invalid)?;
@@ -386,6 +397,10 @@ mod tests {
         assert_eq!(batch.shard(run), Ok(12), "a CloudTrail batch file");
         let trail = item(format!(r#"{{"step":"plan-trail","run_id":"{run}"}}"#));
         assert_eq!(trail.step, StepName::PlanTrail);
+        assert_eq!(
+            item(r#"{"step":"canary"}"#.to_owned()).step,
+            StepName::Canary
+        );
         let other = item(format!(
             r#"{{"step":"shard","run_id":"{run}","key":"x/_state/plans/other/shards/00007.json"}}"#
         ));

@@ -6,6 +6,7 @@
 //! [`normalize`] → [`sink`] → [`state`] → [`report`]; [`run`] ties them together.
 
 pub mod aws;
+pub mod canary;
 pub mod cli;
 pub mod clock;
 pub mod compact;

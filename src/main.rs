@@ -157,6 +157,7 @@ fn main() {
         Command::Shard(args) => shard_command(&args, &runtime),
         Command::PlanTrail(args) => plan_trail_command(&args, &runtime),
         Command::Coverage(args) => coverage_command(&args, &runtime),
+        Command::Canary(args) => canary_command(&args, &runtime),
         Command::Commit(args) => commit_command(&args, &runtime),
     };
     std::process::exit(code);
@@ -237,6 +238,34 @@ fn plan_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
         Ok(plan) => {
             println!("{}", serde_json::to_string(&plan).unwrap_or_default());
             exit_code::OK
+        }
+        Err(err) => failed(&err),
+    }
+}
+
+/// `guardlake canary`: requests the canaries; 3 when some could not be.
+fn canary_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let (config, options) = step_config(args, "canary");
+    let finding_type = config.canary_type.clone();
+    match runtime.block_on(guardlake::canary::request(config, options)) {
+        Ok(done) => {
+            println!(
+                "Requested {} canary sample(s) of {finding_type}.",
+                done.canaries.len()
+            );
+            for (account, region, failure) in &done.failed {
+                println!(
+                    "  not in {account} {region}: {} ({}): {}",
+                    failure.status.as_str(),
+                    failure.class,
+                    failure.message
+                );
+            }
+            if done.failed.is_empty() {
+                exit_code::OK
+            } else {
+                exit_code::PARTIAL
+            }
         }
         Err(err) => failed(&err),
     }

@@ -62,9 +62,11 @@ pub async fn collect(
     let gathered = collect_all(&guardduty, chains, run.store, concurrency, run.mode()).await?;
     crash_point(CrashPoint::AfterCollect);
     let found = guardduty.finish(writer).await?;
+    let mut checkpoints = gathered.checkpoints;
+    checkpoints.extend(found.checkpoints);
     let mut batch = Batch {
         outcomes: gathered.outcomes,
-        checkpoints: gathered.checkpoints,
+        checkpoints,
         files: found.files,
         drift: found.drift,
         duplicates: found.duplicates,

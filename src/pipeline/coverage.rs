@@ -21,6 +21,7 @@ use crate::config::Mode;
 use crate::discover::AccountFacts;
 use crate::error::{RunError, TargetStatus};
 use crate::normalize::schema;
+use crate::pipeline::canary::CanaryStatus;
 use crate::report::TargetOutcome;
 use crate::sources::guardduty::{Feature, Runtime};
 use crate::table::{SourceName, Table};
@@ -42,6 +43,9 @@ pub struct Cell {
     pub newest_ms: Option<i64>,
     /// Why some of this could not be learned (a coverage call that failed), `service:Call (Class)`.
     pub unverified: Option<String>,
+    /// The newest canary of the account × region.
+    #[serde(default)]
+    pub canary: Option<CanaryStatus>,
 }
 
 /// A member account under the delegated administrator: its RelationshipStatus, or None when
@@ -106,6 +110,9 @@ pub fn gaps(cell: &Cell, outcome: &TargetOutcome, required: &[String]) -> Vec<St
         .and_then(|r| r.by_status.get("UNHEALTHY"));
     if unhealthy.is_some_and(|n| *n > 0) {
         gaps.push("runtime_unhealthy".to_owned());
+    }
+    if cell.canary.as_ref().is_some_and(|c| c.missing) {
+        gaps.push("canary_missing".to_owned());
     }
     if let Some(call) = &cell.unverified {
         gaps.push(format!("coverage_unverified:{call}"));
@@ -247,6 +254,9 @@ fn batch(run: (&str, i64), mode: Mode, rows: &[Row<'_>]) -> Result<RecordBatch, 
             "runtime_unhealthy" => longs(&|r| agents(&r.cell, "UNHEALTHY")),
             "runtime_json" => strings(&|r| r.cell.runtime.as_ref().and_then(json)),
             "newest_finding_updated_at" => times(&|r| r.cell.newest_ms),
+            "canary_id" => strings(&|r| r.cell.canary.as_ref().map(|c| c.id.clone())),
+            "canary_requested_at" => times(&|r| r.cell.canary.as_ref().map(|c| c.requested_at_ms)),
+            "canary_latency_ms" => longs(&|r| r.cell.canary.as_ref().and_then(|c| c.latency_ms)),
             "gaps" => lists(&|r| Some(r.gaps.clone())),
             "collected_at" => times(&|_| Some(run.1)),
             other => {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tracing::{info, info_span, warn};
 
+use super::canary::{self, CanaryState};
 use super::coverage::{Cell, Membership};
 use super::writer::{self, RowSink, Writer};
 use super::{Collected, Run, Source};
@@ -23,8 +24,10 @@ use crate::normalize::guardduty::{normalize, FindingVersion, RunStamp};
 use crate::report::TargetOutcome;
 use crate::sink::parquet::FindingsWriter;
 use crate::sink::spill::Spill;
+use crate::sink::store::Tag;
 use crate::sources::cloudtrail::Correlation;
 use crate::sources::guardduty::{self as gd, RawFinding, Window};
+use crate::state::journal::Checkpoint;
 use crate::state::{self, crash_point, CrashPoint, Watermark};
 use crate::table::{SourceName, Table};
 
@@ -139,6 +142,9 @@ pub struct Findings<'a> {
     duplicates: AtomicU64,
     /// Every chain's coverage cells.
     cells: Mutex<Vec<Cell>>,
+    /// The canary state files of the lake (keys), and the ones this run moves.
+    canaries: HashSet<String>,
+    canary_checkpoints: Mutex<Vec<Checkpoint>>,
 }
 
 /// What the GuardDuty source hands to the publish once every chain is collected.
@@ -149,6 +155,8 @@ pub struct FindingsOutput {
     pub drift: DriftLog,
     pub duplicates: u64,
     pub cells: Vec<Cell>,
+    /// Canary states with new arrivals.
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 /// Counts of one account within a chain.
@@ -165,6 +173,8 @@ struct Tally {
     /// What the chain learned of each account's coverage, and the newest updatedAt read.
     cells: BTreeMap<String, Cell>,
     newest: HashMap<String, i64>,
+    /// The chain's own account × region canaries, their tag, and whether one arrived.
+    canary: Option<(CanaryState, Option<Tag>, bool)>,
     published: HashSet<(String, i64)>,
     seen: HashSet<(String, i64)>,
     new_versions: Vec<(String, i64)>,
@@ -186,6 +196,14 @@ impl<'a> Findings<'a> {
         run: &'a Run<'a>,
         known_accounts: HashSet<String>,
     ) -> Result<(Findings<'a>, Writer), crate::error::RunError> {
+        // One listing says which targets have canaries to check.
+        let canaries = match run.store.list(canary::DIR).await {
+            Ok(keys) => keys.into_iter().map(|(key, _)| key).collect(),
+            Err(e) => {
+                warn!(error = %e, "Could not list the canaries; none is checked this run.");
+                HashSet::new()
+            }
+        };
         // A backfill skips the versions the lake already has in the window's partitions.
         let existing = match run.options.backfill {
             Some(window) => crate::sink::lake::existing_versions(
@@ -221,6 +239,8 @@ impl<'a> Findings<'a> {
             correlations: Mutex::new(Vec::new()),
             duplicates: AtomicU64::new(0),
             cells: Mutex::new(Vec::new()),
+            canaries,
+            canary_checkpoints: Mutex::new(Vec::new()),
         };
         Ok((source, writer))
     }
@@ -236,6 +256,7 @@ impl<'a> Findings<'a> {
             duplicates,
             run,
             cells,
+            canary_checkpoints,
             ..
         } = self;
         drop(rows);
@@ -261,6 +282,9 @@ impl<'a> Findings<'a> {
             drift: drift.into_inner().unwrap_or_else(|p| p.into_inner()),
             duplicates: duplicates.into_inner(),
             cells: cells.into_inner().unwrap_or_else(|p| p.into_inner()),
+            checkpoints: canary_checkpoints
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
         })
     }
 
@@ -305,6 +329,55 @@ impl<'a> Findings<'a> {
             crash_point(CrashPoint::MidPage);
         }
         Ok(())
+    }
+
+    /// The canaries of a chain's own account × region, when the lake has any.
+    async fn canary(&self, chain: &Chain) -> Option<(CanaryState, Option<Tag>, bool)> {
+        let key = canary::key(&chain.account_id, &chain.region);
+        if !self.canaries.contains(&key) {
+            return None;
+        }
+        match super::load_state::<CanaryState>(self.run.store, &key).await {
+            Ok((state, tag)) => Some((state, tag, false)),
+            Err(failure) => {
+                warn!(key = %key, message = %failure.message, "Canary state unreadable; its canaries are not checked this run.");
+                None
+            }
+        }
+    }
+
+    /// A new version that answers a pending canary of the chain's own account × region.
+    fn note_canary(&self, chain: &Chain, row: &FindingVersion, tally: &mut Tally) {
+        if let Some((state, _, arrived)) = &mut tally.canary {
+            if row.account_id == chain.account_id && state.arrive(row, self.run.run_start_ms) {
+                info!(finding_id = %row.id, "A canary arrived.");
+                *arrived = true;
+            }
+        }
+    }
+
+    /// The canary's status into the chain's own cell; its arrivals are committed when the chain
+    /// completed.
+    fn settle_canary(&self, chain: &Chain, completed: bool, tally: &mut Tally) {
+        let Some((state, tag, arrived)) = tally.canary.take() else {
+            return;
+        };
+        let wait_ms = self.run.config.canary_wait_secs * 1000;
+        if let Some(cell) = tally.cells.get_mut(&chain.account_id) {
+            cell.canary = state.status(self.run.run_start_ms, wait_ms);
+        }
+        if completed && arrived {
+            if let Ok(body) = serde_json::to_string(&state) {
+                self.canary_checkpoints
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Checkpoint {
+                        key: canary::key(&chain.account_id, &chain.region),
+                        body,
+                        expected: tag,
+                    });
+            }
+        }
     }
 
     /// What a chain's detector says of coverage: its own (member mode), or in delegated-admin
@@ -436,6 +509,7 @@ impl<'a> Findings<'a> {
         }
         tally.counts.entry(owner.to_owned()).or_default().written += 1;
         tally.new_versions.push(key);
+        self.note_canary(chain, &row, tally);
         if let Some(correlation) = correlation(&row) {
             self.correlations
                 .lock()
@@ -642,6 +716,7 @@ impl Source for Findings<'_> {
             counts: HashMap::new(),
             cells: BTreeMap::new(),
             newest: HashMap::new(),
+            canary: self.canary(chain).await,
             published: mark.published_set(),
             seen: HashSet::new(),
             new_versions: Vec::new(),
@@ -665,6 +740,7 @@ impl Source for Findings<'_> {
         self.duplicates
             .fetch_add(tally.duplicates, Ordering::Relaxed);
         let outcomes = self.outcomes(chain, window, failure.clone(), &tally, started);
+        self.settle_canary(chain, failure.is_none(), &mut tally);
         let cells = chain.accounts().into_iter().map(|account| {
             let mut cell = tally
                 .cells

@@ -7,6 +7,7 @@
 //! committing can happen in different processes.
 
 pub mod batch;
+pub mod canary;
 pub mod coverage;
 pub mod drift;
 pub mod events;

@@ -404,6 +404,10 @@ class ControlMiddleware:
                 with guardduty_ext.LOCK:
                     guardduty_ext.COVERAGE[(str(body["account_id"]), body["region"])] = body["resources"]
                 return _json(start_response, 200, {"ok": True})
+            if name == "guardduty/suppress-samples" and method == "POST":
+                with guardduty_ext.LOCK:
+                    guardduty_ext.SUPPRESSED.add((str(body.get("account_id") or "*"), body["region"]))
+                return _json(start_response, 200, {"ok": True})
             if name == "guardduty/member" and method == "POST":
                 key = (str(body["admin_account"]), body["region"], str(body["account_id"]))
                 with guardduty_ext.LOCK:

@@ -36,6 +36,8 @@ RAW_TEXT: dict[tuple[str, str], dict[str, bytes]] = {}
 RELATIONSHIPS: dict[tuple[str, str, str], str | None] = {}
 # (account, region) -> resource type (EC2, ECS, EKS) -> coverage status (HEALTHY, UNHEALTHY) -> count.
 COVERAGE: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+# (account or "*", region): CreateSampleFindings answers but creates nothing there.
+SUPPRESSED: set[tuple[str, str]] = set()
 LOCK = threading.RLock()
 # Whether a region is enabled for an account (set by control.py, which keeps opt-in status).
 REGION_ENABLED: Callable[[str, str], bool] = lambda account_id, region: True
@@ -76,6 +78,7 @@ def reset() -> None:
         RAW_TEXT.clear()
         RELATIONSHIPS.clear()
         COVERAGE.clear()
+        SUPPRESSED.clear()
 
 
 def features(statuses: dict[str, str]) -> list[dict]:
@@ -283,6 +286,9 @@ def get_findings(self: GuardDutyResponse) -> str:
 
 def create_sample_findings(self: GuardDutyResponse) -> str:
     detector_id = _detector(self)
+    with LOCK:
+        if {(self.current_account, self.region), ("*", self.region)} & SUPPRESSED:
+            return "{}"
     types = self._get_param("findingTypes") or list(shapes.TYPE_SHAPES)
     samples = []
     now = datetime.now(timezone.utc)

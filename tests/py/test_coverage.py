@@ -102,3 +102,33 @@ def test_delegated_admin_mode_names_each_gap_it_can_see(tmp_path):
     relationships = dict(query(lake, "coverage", f"select account_id, member_relationship from coverage where region = '{GAPPY}'"))
     assert relationships[accounts["security"]] is None, "the administrator is no member of itself"
     assert relationships[accounts["notenabled"]] == "Disabled" and relationships[accounts["healthy"]] == "Enabled"
+
+
+def test_canaries_arrive_with_a_latency_and_a_suppressed_one_is_missing(tmp_path):
+    accounts = create_org(["alpha", "beta"])
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)
+    for n, account in enumerate(accounts):
+        for m, region in enumerate(REGIONS):
+            seed_findings(account, region, findings_for(account, region, 1, base, offset=n * 2 + m))
+    lake = tmp_path / "lake"
+    options = ("--output", str(lake), "--regions", ",".join(REGIONS), "--accounts", ",".join(accounts))
+    guardlake("run", *options)
+    control("POST", "/moto-api/ext/guardduty/suppress-samples", {"account_id": accounts[1], "region": GAPPY})
+    requested = guardlake("canary", *options, check_codes=(0,))
+    assert "Requested 4 canary sample(s) of Recon:EC2/PortProbeUnprotectedPort" in requested.stdout, requested.stdout
+    guardlake("run", *options, "--canary-wait-secs", "0")
+    rows = query(lake, "coverage", """select account_id, region, canary_id is not null, canary_latency_ms, gaps from coverage
+        where canary_id is not null order by collected_at desc, account_id, region limit 4""")  # fmt: skip
+    by_cell = {(a, r): (latency, gaps) for a, r, _, latency, gaps in rows}
+    assert len(by_cell) == 4, rows
+    for (account, region), (latency, gaps) in by_cell.items():
+        if (account, region) == (accounts[1], GAPPY):
+            assert latency is None and gaps == ["canary_missing"], (account, region, gaps)
+        else:
+            assert latency is not None and latency >= 0 and gaps == [], (account, region, latency, gaps)
+    samples = query(lake, "findings", "select count(*) from findings where sample and type = 'Recon:EC2/PortProbeUnprotectedPort'")
+    assert samples == [(3,)], "the samples are collected like any finding"
+    # An arrival is recorded once: the next run finds nothing pending but the suppressed one.
+    guardlake("run", *options, "--canary-wait-secs", "0")
+    latest = query(lake, "coverage", f"select gaps from coverage where account_id = '{accounts[0]}' order by collected_at desc limit 1")
+    assert latest == [([],)]

@@ -106,6 +106,19 @@ def test_member_role_only_reads_and_trusts_only_the_hub_role_with_the_external_i
     assert actions and all(re.match(r"^(guardduty:(List|Get)|cloudtrail:LookupEvents$|account:ListRegions$)", a) for a in actions), actions
 
 
+def test_the_canary_is_opt_in_and_writes_only_sample_findings():
+    member = template("member-role.yaml")
+    assert member["Parameters"]["EnableCanary"]["Default"] == "false"
+    [canary] = [p for p in member["Resources"]["MemberRole"]["Properties"]["Policies"] if isinstance(p, dict) and "If" in p]
+    condition, policy, otherwise = canary["If"]
+    assert condition == "Canary" and otherwise == {"Ref": "AWS::NoValue"}
+    assert [s["Action"] for s in policy["PolicyDocument"]["Statement"]] == ["guardduty:CreateSampleFindings"]
+    hub = template("hub.yaml")
+    assert hub["Parameters"]["CanarySchedule"]["Default"] == "", "no canary unless scheduled"
+    schedule = hub["Resources"]["CanaryJobSchedule"]
+    assert schedule["Condition"] == "Canary" and json.loads(schedule["Properties"]["Target"]["Input"]) == {"step": "canary"}
+
+
 # A value for each reference a policy makes, so the policies are checked as IAM will see them.
 SAMPLE = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "111122223333",
           "HubAccountId": "111122223333", "KmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
@@ -193,7 +206,7 @@ def test_parliament_reports_nothing_on_the_iam_policies():
     from parliament import analyze_policy_string
 
     checked = list(policies())
-    assert len(checked) == 18, [where for where, _ in checked]
+    assert len(checked) == 19, [where for where, _ in checked]
     for where, policy in checked:
         text = json.dumps(policy)
         assert "${" not in text and "{'" not in text, (where, text)
