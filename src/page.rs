@@ -400,4 +400,17 @@ mod tests {
             "self-contained"
         );
     }
+
+    #[test]
+    fn a_large_organization_is_one_page_with_sticky_headers() {
+        let cells: Vec<Cell> = (0..500)
+            .flat_map(|a| {
+                (0..20).map(move |r| cell(&format!("{a:012}"), &format!("r-{r:02}"), &[]))
+            })
+            .collect();
+        let page = render(&cells, "now");
+        assert_eq!(page.matches("<td class=\"cell ok\"").count(), 10_000);
+        assert!(page.contains("position:sticky;top:0") && page.contains("position:sticky;left:0"));
+        assert!(page.len() < 4 << 20, "{} bytes", page.len());
+    }
 }
