@@ -278,9 +278,8 @@ fn text(batch: &RecordBatch, name: &str, row: usize) -> String {
         .unwrap_or_default()
 }
 
-/// The latest row of each account × region among `batches`.
-pub fn latest(batches: &[RecordBatch]) -> Vec<Cell> {
-    let mut found: BTreeMap<(String, String), Cell> = BTreeMap::new();
+/// Folds `batches` into the latest row of each account × region found so far.
+fn keep_latest(found: &mut BTreeMap<(String, String), Cell>, batches: &[RecordBatch]) {
     for batch in batches {
         let Some(times) = batch.column_by_name("collected_at") else {
             continue;
@@ -305,7 +304,6 @@ pub fn latest(batches: &[RecordBatch]) -> Vec<Cell> {
             }
         }
     }
-    found.into_values().collect()
 }
 
 /// Reads the `coverage` partitions of the last `days` days and writes the page to `html`;
@@ -337,10 +335,15 @@ pub async fn write(
             keys.extend(files.into_iter().map(|(k, _)| k));
         }
     }
-    let batches = lake::read_files(&store, &keys, &work_dir.0)
-        .await
-        .map_err(read)?;
-    let cells = latest(&batches);
+    // One file at a time: memory holds the latest row per cell, not every run of the window.
+    let mut found = BTreeMap::new();
+    for key in keys {
+        let batches = lake::read_files(&store, &[key], &work_dir.0)
+            .await
+            .map_err(read)?;
+        keep_latest(&mut found, &batches);
+    }
+    let cells: Vec<Cell> = found.into_values().collect();
     let page = render(&cells, &crate::clock::iso(crate::clock::now_ms()));
     std::fs::write(html, page).map_err(|e| RunError::Store {
         key: html.display().to_string(),
