@@ -532,7 +532,11 @@ async fn publish_shards(
     started: Instant,
 ) -> Result<crate::run::RunResult, RunError> {
     let plan: Plan = read_json(&open.store, &plan_key(run_id), "plan").await?;
-    let finished = finished(&open.store, run_id).await?;
+    let mut finished = finished(&open.store, run_id).await?;
+    if plan.trail_phase {
+        // The attempts whose correlations the CloudTrail phase used win over any other.
+        finished.extend(trail::used_attempts(&open.store, run_id).await?);
+    }
     let mut publish = Publish::new(run_id);
     publish.outcomes(plan.failed.clone());
     let mut drift_log = crate::normalize::drift::DriftLog::default();

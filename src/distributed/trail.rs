@@ -63,6 +63,10 @@ pub struct TrailPlan {
     pub correlations: Vec<Correlation>,
     /// Targets that failed while planning (no organization id for the trail's keys).
     pub failed: Vec<TargetOutcome>,
+    /// The finished attempt (done marker key) of each findings shard whose correlations it
+    /// used: the commit publishes those attempts, so findings and their CloudTrail agree.
+    #[serde(default)]
+    pub used: BTreeMap<u32, String>,
 }
 
 fn trail_plan_key(run_id: &str) -> String {
@@ -130,9 +134,11 @@ pub async fn plan_trail(
     let run = open.run(&config, &options, (run_id, plan.run_start_ms), run_id);
     let chains = planned_chains(&open.store, &plan).await?;
     let mut correlations = Vec::new();
-    for (_, key) in finished(&open.store, run_id).await?.range(..plan.shards) {
+    let mut used = BTreeMap::new();
+    for (shard, key) in finished(&open.store, run_id).await?.range(..plan.shards) {
         let done: Done = read_json(&open.store, key, "done marker").await?;
         correlations.extend(done.batch.correlations);
+        used.insert(*shard, key.clone());
     }
     correlations
         .sort_by(|a, b| (&a.finding_id, a.updated_at_ms).cmp(&(&b.finding_id, b.updated_at_ms)));
@@ -161,6 +167,7 @@ pub async fn plan_trail(
         org_id,
         correlations,
         failed,
+        used,
     };
     open.store
         .put(&trail_plan_key(run_id), to_json(&trail)?)
@@ -287,6 +294,18 @@ pub fn split(
         }
     }
     batches
+}
+
+/// The findings shards' attempts the CloudTrail phase used (empty when it never planned).
+pub async fn used_attempts(store: &Store, run_id: &str) -> Result<BTreeMap<u32, String>, RunError> {
+    match store.get(&trail_plan_key(run_id)).await? {
+        Some(bytes) => serde_json::from_slice::<TrailPlan>(&bytes)
+            .map(|trail| trail.used)
+            .map_err(|e| {
+                RunError::Publish(format!("trail plan of run {run_id} is not valid: {e}"))
+            }),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 /// Collects one CloudTrail batch of a run.

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from conftest import ENDPOINT
-from seed import seed_org
+from seed import findings_for, seed_findings, seed_org
 from test_collect import BINARY, REGIONS, guardlake, query
 from test_orgtrail import deliver, object_key, record
 
@@ -304,3 +304,34 @@ def test_delegated_admin_with_lookup_shards_by_region_then_by_account(tmp_path):
     looked_up = query(split, "runs", "select count(*) from runs where source = 'cloudtrail' and status = 'ok'")
     assert looked_up[0][0] >= 2 * len(REGIONS), "each member's regions were looked up"
     assert checkpoints(split) == checkpoints(single)
+
+
+def test_the_commit_publishes_the_findings_attempts_the_cloudtrail_phase_used(tmp_path):
+    """An attempt that finishes after plan-trail (a Lambda that outlived its Map state) loses to
+    the attempt whose new finding versions the CloudTrail phase correlated, even when its id sorts
+    first."""
+    org = seed_org(members=1, regions=REGIONS[:1], per_target=3, with_trouble=False)
+    member = org.members[1]
+    trail, lake = tmp_path / "trail", tmp_path / "lake"
+    seed_trail(trail, org, days=1)
+    options = trail_options(trail, "--regions", REGIONS[0])
+    planned = json.loads(guardlake("plan", "--output", str(lake), *options, check_codes=(0,)).stdout)
+    run_id = planned["run_id"]
+    mine = next(n for n, accounts in shard_accounts(lake, run_id).items() if member in accounts)
+    [early] = shards(lake, run_id, [mine], options=options)
+    attempts = lake / "_staging" / run_id / "shards" / f"{mine:05}"
+    [early_attempt] = list(attempts.iterdir())
+    hidden = tmp_path / "hidden-done.json"
+    (early_attempt / "done.json").rename(hidden)  # not finished yet, as far as anyone can see
+    # Created inside the run's window (findings_for spaces findings 7 minutes apart by offset).
+    later = findings_for(member, REGIONS[0], 1, datetime.now(timezone.utc) - timedelta(days=3), offset=500)
+    seed_findings(member, REGIONS[0], later)
+    shards(lake, run_id, range(planned["shards"]), options=options)
+    batches = json.loads(guardlake("plan-trail", "--run-id", run_id, "--output", str(lake), *options, check_codes=(0,)).stdout)
+    hidden.rename(early_attempt / "done.json")  # the early attempt finishes late
+    assert early.returncode in (0, 3)
+    shards(lake, run_id, range(planned["shards"], planned["shards"] + batches["shards"]), options=options)
+    guardlake("commit", "--run-id", run_id, "--output", str(lake), *options)
+    ids = {i for i, in query(lake, "findings", f"select id from findings where account_id = '{member}'")}
+    assert later[0]["id"] in ids, "the attempt plan-trail read is the one published"
+    assert len(ids) == len(org.findings[(member, REGIONS[0])]) + 1
