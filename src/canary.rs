@@ -65,9 +65,7 @@ async fn one(run: &Run<'_>, chain: &Chain) -> Result<String, TargetFailure> {
     let sdk = run.aws.account_config(&chain.account_id).await?;
     let client = run.aws.guardduty(&sdk, &chain.region);
     let detector = gd::detector(&client).await?;
-    if detector.is_disabled() {
-        return Err(gd::disabled(&detector));
-    }
+    detector.readable()?;
     let requested_at_ms = now_ms();
     client
         .create_sample_findings()

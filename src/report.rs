@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
 
@@ -66,22 +65,9 @@ impl TargetOutcome {
 /// Builds the `runs` RecordBatch, columns in `schemas/runs.json` order.
 pub fn runs_batch(run_id: &str, outcomes: &[TargetOutcome]) -> Result<RecordBatch, ArrowError> {
     let schema = schema::runs().arrow_schema();
-    let n = outcomes.len();
-    let strings = |f: &dyn Fn(&TargetOutcome) -> Option<String>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        outcomes.iter().for_each(|o| b.append_option(f(o)));
-        Arc::new(b.finish())
-    };
-    let longs = |f: &dyn Fn(&TargetOutcome) -> i64| -> ArrayRef {
-        let mut b = Int64Builder::with_capacity(n);
-        outcomes.iter().for_each(|o| b.append_value(f(o)));
-        Arc::new(b.finish())
-    };
-    let times = |f: &dyn Fn(&TargetOutcome) -> Option<i64>| -> ArrayRef {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        outcomes.iter().for_each(|o| b.append_option(f(o)));
-        Arc::new(b.finish())
-    };
+    let strings = |f: &dyn Fn(&TargetOutcome) -> Option<String>| schema::strings(outcomes, f);
+    let longs = |f: &dyn Fn(&TargetOutcome) -> i64| schema::longs(outcomes, |o| Some(f(o)));
+    let times = |f: &dyn Fn(&TargetOutcome) -> Option<i64>| schema::times(outcomes, f);
     let mut columns = Vec::new();
     for field in schema.fields() {
         columns.push(match field.name().as_str() {

@@ -383,13 +383,16 @@ pub async fn shard(
             batch::collect(&run, known, chains, events).await?
         }
         Some(work) => {
+            let trail = trail::find(&open.store, run_id).await?.ok_or_else(|| {
+                RunError::Publish(format!(
+                    "run {run_id} has no trail plan; `guardlake plan-trail` writes it"
+                ))
+            })?;
             // Every batch names the trail's keys with the organization id the plan resolved.
             let mut config = config.clone();
-            config.trail_org_id = trail::org_id(&open.store, run_id)
-                .await?
-                .or(config.trail_org_id);
+            config.trail_org_id = trail.org_id.clone().or(config.trail_org_id);
             let run = open.run(&config, &options, (run_id, plan.run_start_ms), &stem);
-            trail::collect(&run, &open.store, work).await?
+            trail::collect(&run, &trail, work).await?
         }
     };
     let prefix = attempt_prefix(run_id, shard, &attempt);
@@ -533,9 +536,13 @@ async fn publish_shards(
 ) -> Result<crate::run::RunResult, RunError> {
     let plan: Plan = read_json(&open.store, &plan_key(run_id), "plan").await?;
     let mut finished = finished(&open.store, run_id).await?;
-    if plan.trail_phase {
+    let trail = match plan.trail_phase {
+        true => trail::find(&open.store, run_id).await?,
+        false => None,
+    };
+    if let Some(trail) = &trail {
         // The attempts whose correlations the CloudTrail phase used win over any other.
-        finished.extend(trail::used_attempts(&open.store, run_id).await?);
+        finished.extend(trail.used.clone());
     }
     let mut publish = Publish::new(run_id);
     publish.outcomes(plan.failed.clone());
@@ -568,7 +575,7 @@ async fn publish_shards(
         }
     }
     if plan.trail_phase {
-        trail::publish(&open.store, &plan, &finished, &mut publish).await?;
+        trail::publish(&open.store, &plan, trail, &finished, &mut publish).await?;
     }
     let run = open.run(config, options, (run_id, plan.run_start_ms), run_id);
     let coverage =

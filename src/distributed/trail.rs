@@ -15,11 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, NaiveDate};
+use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{chain, fenced, finished, read_json, to_json, Done, Plan, PlanSummary, ShardFile};
+use crate::clock::day_of;
 use crate::config::{CloudTrailMode, Mode, ValidatedConfig};
 use crate::error::{RunError, TargetFailure, TargetStatus};
 use crate::pipeline::batch::{self, Batch};
@@ -81,6 +82,20 @@ pub fn batch_key(run_id: &str, shard: u32) -> String {
     format!("{}{shard:05}.json", batches_prefix(run_id))
 }
 
+/// The run's trail plan, once `plan-trail` wrote it (bounded read; a plan that does not parse
+/// is an error naming it).
+pub async fn find(store: &Store, run_id: &str) -> Result<Option<TrailPlan>, RunError> {
+    let Some(bytes) = store.get(&trail_plan_key(run_id)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        RunError::Publish(format!(
+            "trail plan {} is not valid: {e}",
+            store.uri(&trail_plan_key(run_id))
+        ))
+    })
+}
+
 /// Whether a run's CloudTrail is collected in its own phase: always, except in member mode
 /// with LookupEvents, where an account's shard looks its own events up (one AssumeRole, and
 /// the LookupEvents rate limiter inside the shard).
@@ -125,10 +140,7 @@ pub async fn plan_trail(
             trail.targets,
         )
     };
-    if let Some(bytes) = open.store.get(&trail_plan_key(run_id)).await? {
-        let trail: TrailPlan = serde_json::from_slice(&bytes).map_err(|e| {
-            RunError::Publish(format!("trail plan of run {run_id} is not valid: {e}"))
-        })?;
+    if let Some(trail) = find(&open.store, run_id).await? {
         return Ok(summary(&trail));
     }
     let run = open.run(&config, &options, (run_id, plan.run_start_ms), run_id);
@@ -244,12 +256,6 @@ async fn org_trail_batches(
     (Some(org_id), batches, Vec::new())
 }
 
-fn day_of(ms: i64) -> NaiveDate {
-    DateTime::from_timestamp_millis(ms)
-        .map(|t| t.date_naive())
-        .unwrap_or_default()
-}
-
 /// An account's batches: one when the objects delivered since its cursors (estimated at the
 /// usual cadence) fit `bound`; else one per region, a region over `bound` in parts of whole
 /// delivery days (the first from its cursor, the last open-ended).
@@ -296,21 +302,13 @@ pub fn split(
     batches
 }
 
-/// The findings shards' attempts the CloudTrail phase used (empty when it never planned).
-pub async fn used_attempts(store: &Store, run_id: &str) -> Result<BTreeMap<u32, String>, RunError> {
-    match store.get(&trail_plan_key(run_id)).await? {
-        Some(bytes) => serde_json::from_slice::<TrailPlan>(&bytes)
-            .map(|trail| trail.used)
-            .map_err(|e| {
-                RunError::Publish(format!("trail plan of run {run_id} is not valid: {e}"))
-            }),
-        None => Ok(BTreeMap::new()),
-    }
-}
-
-/// Collects one CloudTrail batch of a run.
-pub async fn collect(run: &Run<'_>, store: &Store, batch: TrailBatch) -> Result<Batch, RunError> {
-    let trail: TrailPlan = read_json(store, &trail_plan_key(run.run_id), "trail plan").await?;
+/// Collects one CloudTrail batch of a run (`run` names the trail's keys with the plan's
+/// organization id).
+pub async fn collect(
+    run: &Run<'_>,
+    trail: &TrailPlan,
+    batch: TrailBatch,
+) -> Result<Batch, RunError> {
     let account = Account {
         correlations: trail
             .correlations
@@ -327,13 +325,6 @@ pub async fn collect(run: &Run<'_>, store: &Store, batch: TrailBatch) -> Result<
     Ok(collected)
 }
 
-/// The organization id a CloudTrail batch names its trail keys with (the one its plan
-/// resolved, so that every batch and the commit agree).
-pub async fn org_id(store: &Store, run_id: &str) -> Result<Option<String>, RunError> {
-    let trail: TrailPlan = read_json(store, &trail_plan_key(run_id), "trail plan").await?;
-    Ok(trail.org_id)
-}
-
 /// One part of a split account: a region's days, and the attempt that finished it.
 struct Part {
     region: String,
@@ -347,18 +338,13 @@ struct Part {
 pub async fn publish(
     store: &Store,
     plan: &Plan,
+    trail: Option<TrailPlan>,
     finished: &BTreeMap<u32, String>,
     publish: &mut Publish,
 ) -> Result<(), RunError> {
-    let Some(bytes) = store.get(&trail_plan_key(&plan.run_id)).await? else {
+    let Some(trail) = trail else {
         return never_planned(store, plan, publish).await;
     };
-    let trail: TrailPlan = serde_json::from_slice(&bytes).map_err(|e| {
-        RunError::Publish(format!(
-            "trail plan of run {} is not valid: {e}",
-            plan.run_id
-        ))
-    })?;
     publish.outcomes(trail.failed);
     let mut split: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for n in trail.first..trail.first + trail.shards {
@@ -585,7 +571,7 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     fn at(day: &str, hour: i64) -> i64 {
-        let date = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+        let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
         date.and_hms_opt(0, 0, 0)
             .unwrap()
             .and_utc()

@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
@@ -99,6 +101,43 @@ pub fn arrow_type(type_name: &str) -> Option<DataType> {
         "array<string>" => DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
         _ => return None,
     })
+}
+
+/// A `string` column: one value (or null) per row.
+pub fn strings<T>(rows: &[T], f: impl Fn(&T) -> Option<String>) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+    rows.iter().for_each(|r| b.append_option(f(r)));
+    Arc::new(b.finish())
+}
+
+/// A `bigint` column.
+pub fn longs<T>(rows: &[T], f: impl Fn(&T) -> Option<i64>) -> ArrayRef {
+    let mut b = Int64Builder::with_capacity(rows.len());
+    rows.iter().for_each(|r| b.append_option(f(r)));
+    Arc::new(b.finish())
+}
+
+/// A `timestamp` column (epoch ms, UTC).
+pub fn times<T>(rows: &[T], f: impl Fn(&T) -> Option<i64>) -> ArrayRef {
+    let mut b = TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+    rows.iter().for_each(|r| b.append_option(f(r)));
+    Arc::new(b.finish())
+}
+
+/// An `array<string>` column.
+pub fn string_lists<T>(rows: &[T], f: impl Fn(&T) -> Option<Vec<String>>) -> ArrayRef {
+    let item = Arc::new(Field::new("element", DataType::Utf8, true));
+    let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
+    for row in rows {
+        match f(row) {
+            Some(items) => {
+                items.iter().for_each(|i| b.values().append_value(i));
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 impl TableDef {

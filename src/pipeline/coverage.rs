@@ -8,11 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field};
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 use serde::{Deserialize, Serialize};
 
 use super::Run;
@@ -192,36 +190,10 @@ fn feature_names(features: &[Feature], on: bool) -> Vec<String> {
 /// The `coverage` RecordBatch, columns in `schemas/coverage.json` order.
 fn batch(run: (&str, i64), mode: Mode, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
     let table = schema::coverage().arrow_schema();
-    let n = rows.len();
-    let strings = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let lists = |f: &dyn Fn(&Row<'_>) -> Option<Vec<String>>| -> ArrayRef {
-        let item = Arc::new(Field::new("element", DataType::Utf8, true));
-        let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-        for row in rows {
-            match f(row) {
-                Some(items) => {
-                    items.iter().for_each(|i| b.values().append_value(i));
-                    b.append(true);
-                }
-                None => b.append(false),
-            }
-        }
-        Arc::new(b.finish())
-    };
-    let longs = |f: &dyn Fn(&Row<'_>) -> Option<i64>| -> ArrayRef {
-        let mut b = Int64Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
-    let times = |f: &dyn Fn(&Row<'_>) -> Option<i64>| -> ArrayRef {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
-    };
+    let strings = |f: &dyn Fn(&Row<'_>) -> Option<String>| schema::strings(rows, f);
+    let lists = |f: &dyn Fn(&Row<'_>) -> Option<Vec<String>>| schema::string_lists(rows, f);
+    let longs = |f: &dyn Fn(&Row<'_>) -> Option<i64>| schema::longs(rows, f);
+    let times = |f: &dyn Fn(&Row<'_>) -> Option<i64>| schema::times(rows, f);
     let mut columns = Vec::new();
     for field in table.fields() {
         columns.push(match field.name().as_str() {

@@ -318,9 +318,7 @@ impl<'a> Findings<'a> {
         let client = aws.guardduty(&sdk, &chain.region);
         let detector = gd::detector(&client).await?;
         self.learn(&client, chain, &detector, tally).await;
-        if detector.is_disabled() {
-            return Err(gd::disabled(&detector));
-        }
+        detector.readable()?;
         let mut pages = gd::Pages::new(&client, &detector.id, window);
         while let Some(page) = pages.next().await? {
             for finding in page {

@@ -187,6 +187,18 @@ impl Detector {
     pub fn is_disabled(&self) -> bool {
         self.status.as_deref() == Some(DetectorStatus::Disabled.as_str())
     }
+
+    /// Whether its findings can be read: a disabled detector is the target's failure.
+    pub fn readable(&self) -> Result<(), TargetFailure> {
+        if !self.is_disabled() {
+            return Ok(());
+        }
+        Err(TargetFailure::new(
+            TargetStatus::NotEnabled,
+            "DetectorDisabled",
+            format!("detector {} is disabled", self.id),
+        ))
+    }
 }
 
 /// The features of a GetDetector or GetMemberDetectors answer (two SDK types, one shape).
@@ -257,15 +269,6 @@ pub async fn detector(client: &aws_sdk_guardduty::Client) -> Result<Detector, Ta
             .map(|f| f.as_str().to_owned()),
         features,
     })
-}
-
-/// The failure of reading a disabled detector's findings.
-pub fn disabled(detector: &Detector) -> TargetFailure {
-    TargetFailure::new(
-        TargetStatus::NotEnabled,
-        "DetectorDisabled",
-        format!("detector {} is disabled", detector.id),
-    )
 }
 
 /// An administrator's members in its region (ListMembers, associated or not): account →

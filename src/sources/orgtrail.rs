@@ -14,13 +14,14 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{Duration, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
 use super::cloudtrail::{
     admit, is_denied, keep_once, link, AccountResult, AccountState, BadEvent, Correlation, Cursor,
     EventIds, GLOBAL_REGION, GLOBAL_SOURCES,
 };
+use crate::clock::day_of;
 use crate::error::{classify_store, TargetFailure, TargetStatus};
 use crate::normalize::cloudtrail::{normalize_text, BadRecord, EventRow, FindingEvent};
 use crate::sink::store::Store;
@@ -323,9 +324,8 @@ impl Cursor {
 /// A listing start `slack_ms` before a key's delivery time: the name's `YYYYMMDDTHHmmZ` when it
 /// has one (CloudTrail's names), else the start of its delivery-day folder.
 fn back_off(prefix: &str, key: &str, slack_ms: i64) -> Option<String> {
-    let rest = key.strip_prefix(prefix)?;
-    let day = NaiveDate::parse_from_str(rest.get(..10)?, "%Y/%m/%d").ok()?;
-    let name = rest.get(11..)?;
+    let day = cursor_day(prefix, key)?;
+    let name = key[prefix.len()..].get(11..)?;
     let parts: Vec<&str> = name.split('_').collect();
     let stamp = parts
         .iter()
@@ -341,7 +341,7 @@ fn back_off(prefix: &str, key: &str, slack_ms: i64) -> Option<String> {
                 start.format("%Y%m%dT%H%MZ")
             )
         }
-        None => format!("{prefix}{}/", day.format("%Y/%m/%d")),
+        None => folder(prefix, day),
     })
 }
 
@@ -836,7 +836,7 @@ impl Reader<'_> {
             };
             let mut day = first;
             while day <= last {
-                let folder = format!("{prefix}{}/", day.format("%Y/%m/%d"));
+                let folder = folder(&prefix, day);
                 let keys = match self.trail.source.list(&folder).await {
                     Ok(keys) => keys,
                     Err(e) => return Some(classify_store("s3:ListObjectsV2", &e)),
@@ -886,19 +886,13 @@ impl Reader<'_> {
     }
 }
 
-fn day_of(ms: i64) -> NaiveDate {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.date_naive())
-        .unwrap_or_default()
-}
-
 /// The org trail of one account: per covered region, the log objects not read before (or, in
 /// a backfill, those of the window's days), relevant records kept once.
 pub async fn collect_account(
     trail: &Trail<'_>,
     account_id: &str,
     regions: &[String],
-    mut state: AccountState,
+    state: AccountState,
     (reading, days): (Reading, &BTreeMap<String, Days>),
     lake_has: &HashSet<String>,
 ) -> AccountResult {
@@ -911,7 +905,9 @@ pub async fn collect_account(
         published: lake_has,
         seen: EventIds::default(),
     };
-    migrate_legacy_objects(&mut state, trail.org_id, account_id);
+    // Ids published by versions that kept them: the cursor makes them unneeded, and they grew
+    // with every event.
+    let mut state = normalized(state, trail.org_id, account_id);
     // Insights are on for few trails and regions: one listing per account says which.
     let insight_regions: HashSet<String> = trail
         .source
@@ -961,9 +957,6 @@ pub async fn collect_account(
         reader.not_found(not_found).await;
     }
     let mut result = reader.result;
-    // Ids published by versions that kept them: the cursor makes them unneeded, and they grew
-    // with every event.
-    state.published.clear();
     result.links.sort();
     result.links.dedup();
     result.state = state;
