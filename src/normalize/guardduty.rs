@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
@@ -494,24 +494,9 @@ impl<R: std::borrow::Borrow<FindingVersion>> Columns<'_, R> {
         Arc::new(b.finish())
     }
 
-    /// A list of strings (`element` items, as Athena and Spark name them).
+    /// A list of strings.
     fn string_lists(&self, f: &dyn Fn(&FindingVersion) -> Option<&[String]>) -> ArrayRef {
-        let item = Arc::new(arrow_schema::Field::new(
-            "element",
-            arrow_schema::DataType::Utf8,
-            true,
-        ));
-        let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-        for r in self.rows() {
-            match f(r) {
-                Some(names) => {
-                    names.iter().for_each(|name| b.values().append_value(name));
-                    b.append(true);
-                }
-                None => b.append(false),
-            }
-        }
-        Arc::new(b.finish())
+        super::schema::string_lists(self.rows().map(f))
     }
 }
 

@@ -124,14 +124,19 @@ pub fn times<T>(rows: &[T], f: impl Fn(&T) -> Option<i64>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// An `array<string>` column.
-pub fn string_lists<T>(rows: &[T], f: impl Fn(&T) -> Option<Vec<String>>) -> ArrayRef {
+/// An `array<string>` column (`element` items, as Athena and Spark name them): one list (or
+/// null) per row.
+pub fn string_lists<L, S>(lists: impl Iterator<Item = Option<L>>) -> ArrayRef
+where
+    L: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
     let item = Arc::new(Field::new("element", DataType::Utf8, true));
     let mut b = ListBuilder::new(StringBuilder::new()).with_field(item);
-    for row in rows {
-        match f(row) {
+    for list in lists {
+        match list {
             Some(items) => {
-                items.iter().for_each(|i| b.values().append_value(i));
+                items.into_iter().for_each(|i| b.values().append_value(i));
                 b.append(true);
             }
             None => b.append(false),

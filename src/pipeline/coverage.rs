@@ -191,7 +191,8 @@ fn feature_names(features: &[Feature], on: bool) -> Vec<String> {
 fn batch(run: (&str, i64), mode: Mode, rows: &[Row<'_>]) -> Result<RecordBatch, ArrowError> {
     let table = schema::coverage().arrow_schema();
     let strings = |f: &dyn Fn(&Row<'_>) -> Option<String>| schema::strings(rows, f);
-    let lists = |f: &dyn Fn(&Row<'_>) -> Option<Vec<String>>| schema::string_lists(rows, f);
+    let lists =
+        |f: &dyn Fn(&Row<'_>) -> Option<Vec<String>>| schema::string_lists(rows.iter().map(f));
     let longs = |f: &dyn Fn(&Row<'_>) -> Option<i64>| schema::longs(rows, f);
     let times = |f: &dyn Fn(&Row<'_>) -> Option<i64>| schema::times(rows, f);
     let mut columns = Vec::new();
