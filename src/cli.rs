@@ -48,6 +48,10 @@ pub enum Command {
     /// Render the coverage table as one self-contained HTML page: an account × region grid, a
     /// feature × account matrix, counts.
     Coverage(Box<CoverageArgs>),
+    /// Send what the alert outboxes still owe to --alerts-bus; with --dry-run, print instead
+    /// the events the last run would emit under the rules configured now (JSON lines), to
+    /// tune rules without paging anyone.
+    Alerts(Box<RunArgs>),
     /// Print the lake's tables as Athena DDL, Markdown column docs, or JSON Schema.
     Schema(SchemaArgs),
 }

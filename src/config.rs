@@ -213,6 +213,12 @@ pub struct Config {
     /// Distributed org-trail runs: trail objects a batch reads at most, by estimate (288 per log prefix and delivery day); an account's backlog above it is split into region and day batches, 288 to 1000000 [default: 2000].
     #[arg(long, env = "GUARDLAKE_TRAIL_SHARD_OBJECTS", value_name = "N")]
     pub trail_shard_objects: Option<u64>,
+    /// EventBridge bus (name or ARN) that gets an event per finding version an alert rule matches, new coverage gaps and a digest per run, after each commit; the default rules apply when no `[[alerts]]` are given.
+    #[arg(long, env = "GUARDLAKE_ALERTS_BUS", value_name = "NAME|ARN")]
+    pub alerts_bus: Option<String>,
+    /// Alert rules: `[[alerts]]` tables in the config file, or a JSON list here (keys name, on, min_severity, types, accounts, ous, include_samples, include_archived, spike_per_hour; see README "Alerts") [default: urgent, work and resolved rules when a bus is set].
+    #[arg(long, env = "GUARDLAKE_ALERTS", value_name = "JSON", value_parser = crate::alerts::rules::parse_rules)]
+    pub alerts: Option<crate::alerts::AlertRules>,
 }
 
 /// Where the lake lives.
@@ -281,6 +287,8 @@ pub struct ValidatedConfig {
     pub required_features: Vec<String>,
     pub canary_type: String,
     pub canary_wait_secs: i64,
+    /// Alerting, when a bus or rules are configured.
+    pub alerts: Option<crate::alerts::AlertConfig>,
 }
 
 /// Where the organization trail's objects are read from.
@@ -378,8 +386,10 @@ impl Config {
         let required_features = self.required_features()?;
         let canary_type = self.canary()?;
         let (cloudtrail, trail) = self.trail()?;
+        let alerts = self.alerts()?;
         let mode = self.mode.unwrap_or(Mode::Member);
         Ok(ValidatedConfig {
+            alerts,
             trail,
             trail_org_id: self.trail_org_id,
             trail_shard_objects: numbers.trail_shard_objects,
@@ -716,6 +726,37 @@ impl Config {
         Ok(dedup(names))
     }
 
+    /// The alert bus and rules (the default rules when only a bus is set); None when neither.
+    fn alerts(&self) -> Result<Option<crate::alerts::AlertConfig>, ConfigError> {
+        if let Some(bus) = &self.alerts_bus {
+            if !is_bus(bus) {
+                return Err(invalid(
+                    "alerts_bus",
+                    "--alerts-bus",
+                    format!("{bus:?} is not an EventBridge bus name or ARN"),
+                    "use a bus name (1-256 letters, digits, '.', '-', '_', '/') or arn:aws:events:REGION:ACCOUNT:event-bus/NAME",
+                ));
+            }
+        }
+        let rules = match (&self.alerts, &self.alerts_bus) {
+            (None, None) => return Ok(None),
+            (Some(rules), _) => rules.0.clone(),
+            (None, Some(_)) => crate::alerts::rules::defaults(),
+        };
+        let rules = crate::alerts::rules::validate(&rules).map_err(|problem| {
+            invalid(
+                "alerts",
+                "--alerts",
+                problem,
+                "see README \"Alerts\" for the rule keys and values",
+            )
+        })?;
+        Ok(Some(crate::alerts::AlertConfig {
+            bus: self.alerts_bus.clone(),
+            rules,
+        }))
+    }
+
     /// The canary's finding type: `ThreatPurpose:ResourceTypeAffected/ThreatFamilyName…`.
     fn canary(&self) -> Result<String, ConfigError> {
         let name = self
@@ -998,6 +1039,24 @@ pub fn is_region(name: &str) -> bool {
         && parts
             .last()
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// An EventBridge bus: a name (`[/.\-_A-Za-z0-9]{1,256}`) or an event-bus ARN.
+pub fn is_bus(bus: &str) -> bool {
+    if let Some(rest) = bus.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        return parts.len() == 5
+            && parts[1] == "events"
+            && parts[4].strip_prefix("event-bus/").is_some_and(is_bus_name);
+    }
+    is_bus_name(bus)
+}
+
+fn is_bus_name(name: &str) -> bool {
+    (1..=256).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_'))
 }
 
 /// A 12-digit AWS account id.

@@ -108,6 +108,10 @@ pub enum CrashPoint {
     Journal(Phase, Step),
     BeforeLockRelease,
     CompactAfterStage,
+    /// After the commit, before any alert is sent (runs with an alerts bus only).
+    BeforeAlerts,
+    /// After the first PutEvents call of an outbox.
+    MidAlerts,
 }
 
 impl CrashPoint {
@@ -127,8 +131,15 @@ impl CrashPoint {
             Self::Journal(phase, step) => return format!("{}{}", phase.prefix(), step.name()),
             Self::BeforeLockRelease => "before_lock_release",
             Self::CompactAfterStage => "compact_after_stage",
+            Self::BeforeAlerts => "before_alerts",
+            Self::MidAlerts => "mid_alerts",
         };
         fixed.to_owned()
+    }
+
+    /// The points of alert delivery (killed by `tests/py/test_alerts.py`).
+    pub fn alerts() -> Vec<CrashPoint> {
+        vec![Self::BeforeAlerts, Self::MidAlerts]
     }
 
     /// Every point a run, a recovery or a compaction can reach.

@@ -39,6 +39,9 @@ pub struct AccountFacts {
     pub status: Option<String>,
     /// Root id then OU ids: `r-ab12/ou-ab12-11111111`.
     pub ou_path: Option<String>,
+    /// The account's name (ListAccounts), for alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The accounts of the run: the static list, or the organization's ACTIVE accounts after
@@ -78,12 +81,13 @@ pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, T
         tracing::warn!(message = %failure.message, "Could not read the organization's OU tree; coverage rows carry no OU path.");
         BTreeMap::new()
     });
-    for (id, state) in states {
+    for (id, (state, name)) in states {
         result.facts.insert(
             id.clone(),
             AccountFacts {
                 status: Some(state.clone()),
                 ou_path: paths.get(&id).cloned(),
+                name,
             },
         );
         let reason = if state != "ACTIVE" {
@@ -108,10 +112,10 @@ pub async fn accounts(aws: &Aws, config: &ValidatedConfig) -> Result<Accounts, T
     Ok(result)
 }
 
-/// Every account of the organization and its `State` (ListAccounts, every page).
-async fn states(aws: &Aws) -> Result<BTreeMap<String, String>, TargetFailure> {
+/// Every account of the organization, its `State` and name (ListAccounts, every page).
+async fn states(aws: &Aws) -> Result<BTreeMap<String, (String, Option<String>)>, TargetFailure> {
     let org = aws.organizations();
-    let mut states: BTreeMap<String, String> = BTreeMap::new();
+    let mut states: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     let mut pages = org
         .list_accounts()
         .max_results(ORG_PAGE_SIZE)
@@ -128,7 +132,8 @@ async fn states(aws: &Aws) -> Result<BTreeMap<String, String>, TargetFailure> {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_else(|| "ACTIVE".to_owned());
             if let Some(id) = account.id() {
-                states.insert(id.to_owned(), state);
+                let name = account.name().map(str::to_owned);
+                states.insert(id.to_owned(), (state, name));
             }
         }
     }

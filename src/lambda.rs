@@ -24,6 +24,10 @@ pub struct Payload {
     pub accounts: Option<Vec<String>>,
     /// Regions instead of the configured ones.
     pub regions: Option<Vec<String>>,
+    /// Alert rules instead of the configured ones (the `[[alerts]]` keys, as a JSON list).
+    pub alerts: Option<crate::alerts::AlertRules>,
+    /// The EventBridge bus alerts go to, instead of the configured one.
+    pub alerts_bus: Option<String>,
 }
 
 /// A step of a distributed run (the Step Functions state machine's payloads):
@@ -187,6 +191,8 @@ impl Payload {
             accounts: self.accounts.clone().filter(|_| base.accounts.is_some()),
             only_accounts: self.accounts.clone().filter(|_| base.accounts.is_none()),
             regions: self.regions.clone(),
+            alerts: self.alerts.clone(),
+            alerts_bus: self.alerts_bus.clone(),
             ..Config::default()
         };
         let config = base

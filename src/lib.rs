@@ -3,8 +3,9 @@
 //!
 //! The stages, in the order a run goes through them (see "How it is built" in the README):
 //! [`config`] → [`discover`] → [`aws`] (credentials per account) → [`sources`] →
-//! [`normalize`] → [`sink`] → [`state`] → [`report`]; [`run`] ties them together.
+//! [`normalize`] → [`sink`] → [`state`] → [`report`] → [`alerts`]; [`run`] ties them together.
 
+pub mod alerts;
 pub mod aws;
 pub mod canary;
 pub mod cli;

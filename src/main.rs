@@ -137,6 +137,7 @@ fn main() {
     if let Some(point) = cli.crash_at {
         let known: Vec<String> = guardlake::state::CrashPoint::all()
             .into_iter()
+            .chain(guardlake::state::CrashPoint::alerts())
             .map(guardlake::state::CrashPoint::name)
             .collect();
         if !known.contains(&point) {
@@ -158,6 +159,7 @@ fn main() {
         Command::PlanTrail(args) => plan_trail_command(&args, &runtime),
         Command::Coverage(args) => coverage_command(&args, &runtime),
         Command::Canary(args) => canary_command(&args, &runtime),
+        Command::Alerts(args) => alerts_command(&args, &runtime),
         Command::Commit(args) => commit_command(&args, &runtime),
     };
     std::process::exit(code);
@@ -262,6 +264,43 @@ fn canary_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
                 );
             }
             if done.failed.is_empty() {
+                exit_code::OK
+            } else {
+                exit_code::PARTIAL
+            }
+        }
+        Err(err) => failed(&err),
+    }
+}
+
+/// `guardlake alerts [--dry-run]`: 3 when some alerts are still undelivered.
+fn alerts_command(args: &RunArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    let config = load_config(args.config.as_deref(), args.options.clone());
+    let options = RunOptions {
+        s3_path_style: args.s3.path_style(),
+        ..RunOptions::default()
+    };
+    use guardlake::pipeline::alerting::{command, Command as Alerts};
+    match runtime.block_on(command(config, options)) {
+        Ok(Alerts::DryRun(events)) => {
+            for event in &events {
+                println!("{event}");
+            }
+            eprintln!(
+                "{} event(s) the last run would emit; nothing sent.",
+                events.len()
+            );
+            exit_code::OK
+        }
+        Ok(Alerts::Delivered(d)) => {
+            println!(
+                "Alerts: {} sent, {} pending, {} failed.",
+                d.sent, d.pending, d.failed
+            );
+            if let Some((code, message)) = &d.error {
+                println!("  first error: {code}: {message}");
+            }
+            if d.pending + d.failed == 0 {
                 exit_code::OK
             } else {
                 exit_code::PARTIAL

@@ -157,6 +157,8 @@ pub struct Totals {
     pub drift_types: usize,
     /// The process's peak resident memory so far (Linux `VmHWM`), when known.
     pub peak_rss_bytes: Option<u64>,
+    /// What alert delivery did (a run with an alerts bus).
+    pub alerts: Option<crate::alerts::Delivery>,
 }
 
 /// The peak resident memory of this process (`VmHWM` in `/proc/self/status`); `None` where
@@ -263,8 +265,31 @@ pub fn summary(
     if let Some(peak) = totals.peak_rss_bytes {
         let _ = writeln!(out, "  memory:   {} peak resident", human_bytes(peak));
     }
+    if let Some(alerts) = &totals.alerts {
+        alerts_line(&mut out, alerts);
+    }
     failed_targets(&mut out, outcomes);
     out
+}
+
+/// The summary's alerts line: what was sent, and the first error when some were not.
+fn alerts_line(out: &mut String, alerts: &crate::alerts::Delivery) {
+    let _ = write!(
+        out,
+        "  alerts:   {} sent, {} pending, {} failed",
+        alerts.sent, alerts.pending, alerts.failed
+    );
+    match &alerts.error {
+        Some((code, message)) if alerts.pending + alerts.failed > 0 => {
+            let _ = writeln!(
+                out,
+                " ({code}: {message}; see the runs table, source alerts)"
+            );
+        }
+        _ => {
+            let _ = writeln!(out);
+        }
+    }
 }
 
 #[cfg(test)]

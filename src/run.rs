@@ -16,7 +16,7 @@ use crate::error::RunError;
 use crate::pipeline::findings;
 use crate::pipeline::lock::{open, with_lock};
 use crate::pipeline::publish::Publish;
-use crate::pipeline::{batch, coverage, drift, Run};
+use crate::pipeline::{alerting, batch, coverage, drift, Run};
 use crate::report::{self, TargetOutcome, Totals};
 use crate::state::lock::RunLock;
 use crate::state::{crash_point, CrashPoint};
@@ -96,26 +96,32 @@ async fn collect_and_publish(
 ) -> Result<RunResult, RunError> {
     let accounts = accounts(run).await?;
     let (chains, failed) = findings::targets(run, &accounts.active).await;
-    let batch = batch::collect(run, known_accounts(&accounts), chains, batch::Events::Here).await?;
+    let mut batch =
+        batch::collect(run, known_accounts(&accounts), chains, batch::Events::Here).await?;
     let mut publish = Publish::new(run.run_id);
     publish
         .outcomes(failed)
-        .outcomes(batch.outcomes)
-        .checkpoints(batch.checkpoints)
-        .files(batch.files);
+        .outcomes(std::mem::take(&mut batch.outcomes))
+        .checkpoints(std::mem::take(&mut batch.checkpoints))
+        .files(std::mem::take(&mut batch.files));
     let coverage = coverage::file(
         run,
-        batch.coverage,
+        std::mem::take(&mut batch.coverage),
         publish.gathered_outcomes(),
         &accounts.facts,
     )?;
-    publish.files(coverage);
-    let drift = drift::report(run, batch.drift).await?;
+    publish.files(coverage.file);
+    let outcomes = publish.gathered_outcomes().to_vec();
+    let staged =
+        alerting::stage(run, &mut batch, &accounts.facts, coverage.gaps, &outcomes).await?;
+    publish.checkpoints(staged);
+    let drift = drift::report(run, std::mem::take(&mut batch.drift)).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
 
     let (outcomes, committed) = publish
         .commit(run.store, Some(lock), run.work_dir, run.run_start_ms)
         .await?;
+    let alerts = alerting::deliver(run, lock).await;
     if run.options.compact {
         crate::compact::after_run(
             run.store,
@@ -133,6 +139,7 @@ async fn collect_and_publish(
         drift_new: drift.new,
         drift_types: drift.types,
         peak_rss_bytes: report::peak_rss_bytes(),
+        alerts,
     };
     summarize(run, &outcomes, &accounts.skipped, &totals, started);
     Ok(RunResult {

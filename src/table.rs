@@ -63,6 +63,8 @@ pub fn quarantine_key(kind: &str, dt: impl Display, run_id: &str) -> String {
 pub enum SourceName {
     GuardDuty,
     CloudTrail,
+    /// The delivery of a run's alerts (a `runs` row of its own).
+    Alerts,
 }
 
 impl SourceName {
@@ -70,6 +72,7 @@ impl SourceName {
         match self {
             Self::GuardDuty => "guardduty",
             Self::CloudTrail => "cloudtrail",
+            Self::Alerts => "alerts",
         }
     }
 }

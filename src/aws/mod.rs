@@ -204,6 +204,15 @@ impl Aws {
         aws_sdk_account::Client::new(config)
     }
 
+    /// EventBridge for `bus`: in the bus ARN's region when it is an ARN, else the home region.
+    pub fn events(&self, bus: &str) -> aws_sdk_eventbridge::Client {
+        let mut conf = aws_sdk_eventbridge::config::Builder::from(&self.base);
+        if let Some(region) = bus.strip_prefix("arn:").and_then(|r| r.split(':').nth(2)) {
+            conf = conf.region(Region::new(region.to_owned()));
+        }
+        aws_sdk_eventbridge::Client::from_conf(conf.build())
+    }
+
     pub fn s3(&self) -> aws_sdk_s3::Client {
         s3_client(&self.base, self.s3_path_style)
     }

@@ -526,6 +526,49 @@ pub async fn commit(
     result
 }
 
+/// Every findings shard's finished attempt into `publish` (a shard that never finished: its
+/// targets fail as ShardFailed); returns what the coverage, drift and alerts are made of.
+async fn gather_shards(
+    config: &ValidatedConfig,
+    open: &Opened,
+    plan: &Plan,
+    finished: &BTreeMap<u32, String>,
+    publish: &mut Publish,
+) -> Result<crate::pipeline::batch::Batch, RunError> {
+    let mut gathered = crate::pipeline::batch::Batch::default();
+    for shard in 0..plan.shards {
+        match finished.get(&shard) {
+            Some(key) => {
+                let done: Done = read_json(&open.store, key, "done marker").await?;
+                publish
+                    .staged(done.staged, done.bytes)
+                    .outcomes(done.batch.outcomes)
+                    .checkpoints(done.batch.checkpoints)
+                    .linked(done.batch.linked);
+                gathered.drift.merge(done.batch.drift);
+                gathered.duplicates += done.batch.duplicates;
+                gathered.coverage.extend(done.batch.coverage);
+                gathered.alerts.extend(done.batch.alerts);
+                for (label, n) in done.batch.severities {
+                    *gathered.severities.entry(label).or_default() += n;
+                }
+            }
+            None => {
+                warn!(
+                    shard,
+                    "A shard never finished; its targets fail as ShardFailed."
+                );
+                let file: ShardFile =
+                    read_json(&open.store, &shard_key(&plan.run_id, shard), "shard file").await?;
+                // CloudTrail of its cells is the trail phase's, when it has one.
+                let cloudtrail = config.cloudtrail != CloudTrailMode::Off && !plan.trail_phase;
+                publish.outcomes(shard_failed(file, plan, cloudtrail));
+            }
+        }
+    }
+    Ok(gathered)
+}
+
 async fn publish_shards(
     config: &ValidatedConfig,
     options: &RunOptions,
@@ -546,50 +589,37 @@ async fn publish_shards(
     }
     let mut publish = Publish::new(run_id);
     publish.outcomes(plan.failed.clone());
-    let mut drift_log = crate::normalize::drift::DriftLog::default();
-    let mut duplicates = 0;
-    let mut cells = Vec::new();
-    for shard in 0..plan.shards {
-        match finished.get(&shard) {
-            Some(key) => {
-                let done: Done = read_json(&open.store, key, "done marker").await?;
-                publish
-                    .staged(done.staged, done.bytes)
-                    .outcomes(done.batch.outcomes)
-                    .checkpoints(done.batch.checkpoints);
-                drift_log.merge(done.batch.drift);
-                duplicates += done.batch.duplicates;
-                cells.extend(done.batch.coverage);
-            }
-            None => {
-                warn!(
-                    shard,
-                    "A shard never finished; its targets fail as ShardFailed."
-                );
-                let file: ShardFile =
-                    read_json(&open.store, &shard_key(run_id, shard), "shard file").await?;
-                // CloudTrail of its cells is the trail phase's, when it has one.
-                let cloudtrail = config.cloudtrail != CloudTrailMode::Off && !plan.trail_phase;
-                publish.outcomes(shard_failed(file, &plan, cloudtrail));
-            }
-        }
-    }
+    let mut gathered = gather_shards(config, open, &plan, &finished, &mut publish).await?;
     if plan.trail_phase {
         trail::publish(&open.store, &plan, trail, &finished, &mut publish).await?;
     }
     let run = open.run(config, options, (run_id, plan.run_start_ms), run_id);
+    let cells = std::mem::take(&mut gathered.coverage);
     let coverage =
         crate::pipeline::coverage::file(&run, cells, publish.gathered_outcomes(), &plan.facts)?;
-    publish.files(coverage);
-    let drift = drift::report(&run, drift_log).await?;
+    publish.files(coverage.file);
+    gathered.linked = publish.take_linked();
+    let outcomes = publish.gathered_outcomes().to_vec();
+    let staged = crate::pipeline::alerting::stage(
+        &run,
+        &mut gathered,
+        &plan.facts,
+        coverage.gaps,
+        &outcomes,
+    )
+    .await?;
+    publish.checkpoints(staged);
+    let drift = drift::report(&run, std::mem::take(&mut gathered.drift)).await?;
     publish.files(drift.file).checkpoints(drift.checkpoint);
     let (outcomes, committed) = publish
         .commit(&open.store, Some(lock), run.work_dir, run.run_start_ms)
         .await?;
+    let delivery = crate::pipeline::alerting::deliver(&run, lock).await;
     let totals = Totals {
+        alerts: delivery,
         files: committed.files,
         bytes: committed.bytes,
-        duplicates_skipped: duplicates,
+        duplicates_skipped: gathered.duplicates,
         lake: open.store.uri(""),
         drift_new: drift.new,
         drift_types: drift.types,

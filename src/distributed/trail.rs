@@ -369,7 +369,8 @@ pub async fn publish(
                 publish
                     .staged(done.staged, done.bytes)
                     .outcomes(done.batch.outcomes)
-                    .checkpoints(done.batch.checkpoints);
+                    .checkpoints(done.batch.checkpoints)
+                    .linked(done.batch.linked);
             }
             (false, None) => {
                 for region in batch.regions.keys() {
@@ -471,7 +472,9 @@ fn merge_region(
             stopped = shard_failed(plan, account, region, &why).failure;
             break;
         };
-        publish.staged(done.staged, done.bytes);
+        publish
+            .staged(done.staged, done.bytes)
+            .linked(done.batch.linked);
         for checkpoint in done.batch.checkpoints {
             let state: AccountState = serde_json::from_str(&checkpoint.body).map_err(|e| {
                 RunError::Publish(format!("a CloudTrail batch's checkpoint is not valid: {e}"))

@@ -868,6 +868,9 @@ pub struct FindingEvent {
     pub event_id: String,
     pub event_region: String,
     pub reason: &'static str,
+    /// The event's name and time, for alerts (not columns of `finding_events`).
+    pub event_name: Option<String>,
+    pub event_time_ms: Option<i64>,
 }
 
 impl FindingEvent {

@@ -2,7 +2,7 @@
 //! plain data (outcomes, checkpoints, local files and their lake keys, drift) that a publish
 //! commits, in this process (`run`) or in another (`commit`, after `shard`s).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use super::coverage::Cell;
 use super::events::{self, Account, Prepared};
 use super::findings::{self, Chain, Findings};
 use super::{collect_all, Run};
+use crate::alerts::{Candidate, LinkedEvent};
 use crate::config::CloudTrailMode;
 use crate::error::RunError;
 use crate::normalize::drift::DriftLog;
@@ -36,6 +37,15 @@ pub struct Batch {
     /// What the GuardDuty source learned of each account × region's coverage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coverage: Vec<Cell>,
+    /// New versions that changed something, for the alert rules (alerting runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Candidate>,
+    /// CloudTrail events linked to new versions, the best few per version (alerting runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<LinkedEvent>,
+    /// New versions written, by severity label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub severities: BTreeMap<String, u64>,
 }
 
 /// Where a batch's CloudTrail events are collected.
@@ -72,6 +82,9 @@ pub async fn collect(
         duplicates: found.duplicates,
         correlations: Vec::new(),
         coverage: found.cells,
+        alerts: found.candidates,
+        linked: Vec::new(),
+        severities: found.severities,
     };
     match (run.config.cloudtrail, events) {
         (CloudTrailMode::Off, _) => {}
@@ -106,7 +119,9 @@ pub async fn collect_cloudtrail(
             .await?;
             batch.outcomes.extend(gathered.outcomes);
             batch.checkpoints.extend(gathered.checkpoints);
-            batch.files.extend(cloudtrail.finish()?);
+            let (files, linked) = cloudtrail.finish()?;
+            batch.files.extend(files);
+            batch.linked.extend(linked);
         }
         Prepared::Failed(outcomes) => batch.outcomes.extend(outcomes),
     }

@@ -253,18 +253,41 @@ fn json<T: Serialize>(value: &T) -> Option<String> {
     serde_json::to_string(value).ok()
 }
 
-/// The run's `coverage` file (None when it covered nothing): a row per GuardDuty outcome.
+/// What a run learned of coverage: its `coverage` file (None when it covered nothing), and
+/// the gaps of each (account, region) for the alerts.
+pub struct Coverage {
+    pub file: Option<(PathBuf, String)>,
+    pub gaps: BTreeMap<(String, String), Vec<String>>,
+}
+
+/// The run's coverage: a row per GuardDuty outcome.
 pub fn file(
     run: &Run<'_>,
     cells: Vec<Cell>,
     outcomes: &[TargetOutcome],
     facts: &BTreeMap<String, AccountFacts>,
-) -> Result<Option<(PathBuf, String)>, RunError> {
+) -> Result<Coverage, RunError> {
     let rows = rows(cells, outcomes, facts, &run.config.required_features);
+    let gaps = rows
+        .iter()
+        .map(|r| {
+            (
+                (r.cell.account_id.clone(), r.cell.region.clone()),
+                r.gaps.clone(),
+            )
+        })
+        .collect();
+    Ok(Coverage {
+        file: encode(run, &rows)?,
+        gaps,
+    })
+}
+
+fn encode(run: &Run<'_>, rows: &[Row<'_>]) -> Result<Option<(PathBuf, String)>, RunError> {
     if rows.is_empty() {
         return Ok(None);
     }
-    let batch = batch((run.run_id, run.run_start_ms), run.mode(), &rows)
+    let batch = batch((run.run_id, run.run_start_ms), run.mode(), rows)
         .map_err(|e| RunError::Encode(e.to_string()))?;
     let name = format!("{}-coverage.parquet", run.stem);
     let path = run.work_dir.join(&name);

@@ -3,6 +3,7 @@
 //! finding version), spaced by one rate limiter; org-trail mode reads the organization
 //! trail's objects. Both share the events writer, the links and the quarantine.
 
+use crate::alerts::LinkedEvent;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,9 @@ struct OrgTrail {
     org_id: String,
     rules: orgtrail::Rules,
 }
+
+/// Local files and the lake keys they are published under.
+pub type Files = Vec<(PathBuf, String)>;
 
 /// The CloudTrail source of one run.
 pub struct Events<'a> {
@@ -159,8 +163,9 @@ impl<'a> Events<'a> {
         Ok(Prepared::Ready(Box::new(events), targets))
     }
 
-    /// The files to publish: events, links, and the quarantined records.
-    pub fn finish(self) -> Result<Vec<(PathBuf, String)>, RunError> {
+    /// The files to publish (events, links, and the quarantined records), and the best few
+    /// links of each finding version for its alert (alerting runs).
+    pub fn finish(self) -> Result<(Files, Vec<LinkedEvent>), RunError> {
         let run = self.run;
         let mut links = self.links.into_inner().unwrap_or_else(|p| p.into_inner());
         links.sort();
@@ -195,7 +200,11 @@ impl<'a> Events<'a> {
             links = links.len(),
             "Collected CloudTrail events."
         );
-        Ok(files)
+        let linked = match run.config.alerts.is_some() {
+            true => crate::alerts::top_links(links.iter().map(LinkedEvent::from).collect()),
+            false => Vec::new(),
+        };
+        Ok((files, linked))
     }
 
     fn state_folder(&self) -> &'static str {

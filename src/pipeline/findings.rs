@@ -16,6 +16,9 @@ use super::canary::{self, CanaryState};
 use super::coverage::{Cell, Membership};
 use super::writer::{self, RowSink, Writer};
 use super::{Collected, Run, Source};
+use crate::alerts::history::{self, History, Tracker};
+use crate::alerts::rules::label;
+use crate::alerts::Candidate;
 use crate::clock::{day_of, iso, now_ms};
 use crate::config::Mode;
 use crate::error::{TargetFailure, TargetStatus};
@@ -144,7 +147,13 @@ pub struct Findings<'a> {
     cells: Mutex<Vec<Cell>>,
     /// The canary state files of the lake (keys), and the ones this run moves.
     canaries: HashSet<String>,
-    canary_checkpoints: Mutex<Vec<Checkpoint>>,
+    /// Canary and alert-history checkpoints of the chains.
+    checkpoints: Mutex<Vec<Checkpoint>>,
+    /// Whether new versions are compared with the alert history (alerts configured, not a
+    /// backfill).
+    alerting: bool,
+    candidates: Mutex<Vec<Candidate>>,
+    severities: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What the GuardDuty source hands to the publish once every chain is collected.
@@ -155,8 +164,12 @@ pub struct FindingsOutput {
     pub drift: DriftLog,
     pub duplicates: u64,
     pub cells: Vec<Cell>,
-    /// Canary states with new arrivals.
+    /// Canary states with new arrivals, and alert histories.
     pub checkpoints: Vec<Checkpoint>,
+    /// New versions that changed something (alerting runs).
+    pub candidates: Vec<Candidate>,
+    /// New versions written, by severity label.
+    pub severities: BTreeMap<String, u64>,
 }
 
 /// Counts of one account within a chain.
@@ -180,6 +193,9 @@ struct Tally {
     new_versions: Vec<(String, i64)>,
     duplicates: u64,
     passed_over: u64,
+    /// The chain's alert history and candidates (alerting runs).
+    alerts: Option<Tracker>,
+    severities: BTreeMap<&'static str, u64>,
 }
 
 /// What is known of a finding that cannot be used.
@@ -240,7 +256,10 @@ impl<'a> Findings<'a> {
             duplicates: AtomicU64::new(0),
             cells: Mutex::new(Vec::new()),
             canaries,
-            canary_checkpoints: Mutex::new(Vec::new()),
+            checkpoints: Mutex::new(Vec::new()),
+            alerting: run.config.alerts.is_some() && run.options.backfill.is_none(),
+            candidates: Mutex::new(Vec::new()),
+            severities: Mutex::new(BTreeMap::new()),
         };
         Ok((source, writer))
     }
@@ -256,7 +275,9 @@ impl<'a> Findings<'a> {
             duplicates,
             run,
             cells,
-            canary_checkpoints,
+            checkpoints,
+            candidates,
+            severities,
             ..
         } = self;
         drop(rows);
@@ -282,9 +303,9 @@ impl<'a> Findings<'a> {
             drift: drift.into_inner().unwrap_or_else(|p| p.into_inner()),
             duplicates: duplicates.into_inner(),
             cells: cells.into_inner().unwrap_or_else(|p| p.into_inner()),
-            checkpoints: canary_checkpoints
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner()),
+            checkpoints: checkpoints.into_inner().unwrap_or_else(|p| p.into_inner()),
+            candidates: candidates.into_inner().unwrap_or_else(|p| p.into_inner()),
+            severities: severities.into_inner().unwrap_or_else(|p| p.into_inner()),
         })
     }
 
@@ -366,7 +387,7 @@ impl<'a> Findings<'a> {
         }
         if completed && arrived {
             if let Ok(body) = serde_json::to_string(&state) {
-                self.canary_checkpoints
+                self.checkpoints
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(Checkpoint {
@@ -376,6 +397,63 @@ impl<'a> Findings<'a> {
                     });
             }
         }
+    }
+
+    /// The chain's alert history, when alerting. A finding it does not know is new when
+    /// created inside this window (history kept) or since the last run (history started now);
+    /// a target's first run alerts nothing as new. An unreadable history turns the chain's
+    /// alerts off (and is never overwritten) until it is fixed or removed.
+    async fn tracker(&self, chain: &Chain, mark: &Watermark, window: Window) -> Option<Tracker> {
+        if !self.alerting {
+            return None;
+        }
+        let key = history::key(&chain.account_id, &chain.region);
+        let loaded = super::load_state::<History>(self.run.store, &key)
+            .await
+            .and_then(|(history, tag)| match history.check() {
+                Ok(()) => Ok((history, tag)),
+                Err(problem) => Err(TargetFailure::new(
+                    TargetStatus::Error,
+                    "CorruptState",
+                    format!("{}: {problem}", self.run.store.uri(&key)),
+                )),
+            });
+        match loaded {
+            Ok((history, tag)) => {
+                let first_run = mark.watermark_ms == 0 && mark.published.is_empty();
+                let new_from_ms = match (tag.is_some(), first_run) {
+                    (true, _) => Some(window.start_ms),
+                    (false, false) => Some(mark.watermark_ms),
+                    (false, true) => None,
+                };
+                Some(Tracker::new(history, tag, new_from_ms))
+            }
+            Err(failure) => {
+                warn!(key = %key, message = %failure.message, "Alert history unreadable; this target's alerts are off until it is fixed or removed.");
+                None
+            }
+        }
+    }
+
+    /// The chain's alert history (committed with its data) and candidates, and its counts.
+    fn settle_alerts(&self, chain: &Chain, tally: &mut Tally) {
+        let mut severities = self.severities.lock().unwrap_or_else(|p| p.into_inner());
+        for (label, n) in std::mem::take(&mut tally.severities) {
+            *severities.entry(label.to_owned()).or_default() += n;
+        }
+        let Some(tracker) = tally.alerts.take() else {
+            return;
+        };
+        let key = history::key(&chain.account_id, &chain.region);
+        let (checkpoint, candidates) = tracker.finish(key, self.run.run_start_ms);
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(checkpoint);
+        self.candidates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(candidates);
     }
 
     /// What a chain's detector says of coverage: its own (member mode), or in delegated-admin
@@ -507,6 +585,10 @@ impl<'a> Findings<'a> {
         }
         tally.counts.entry(owner.to_owned()).or_default().written += 1;
         tally.new_versions.push(key);
+        *tally.severities.entry(label(row.severity)).or_default() += 1;
+        if let Some(tracker) = &mut tally.alerts {
+            tracker.observe(&row);
+        }
         self.note_canary(chain, &row, tally);
         if let Some(correlation) = correlation(&row) {
             self.correlations
@@ -720,6 +802,8 @@ impl Source for Findings<'_> {
             new_versions: Vec::new(),
             duplicates: 0,
             passed_over: 0,
+            alerts: self.tracker(chain, &mark, window).await,
+            severities: BTreeMap::new(),
         };
         let failure = self.read(chain, window, &mut tally).await.err();
         match &failure {
@@ -739,6 +823,7 @@ impl Source for Findings<'_> {
             .fetch_add(tally.duplicates, Ordering::Relaxed);
         let outcomes = self.outcomes(chain, window, failure.clone(), &tally, started);
         self.settle_canary(chain, failure.is_none(), &mut tally);
+        self.settle_alerts(chain, &mut tally);
         let cells = chain.accounts().into_iter().map(|account| {
             let mut cell = tally
                 .cells

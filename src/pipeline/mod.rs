@@ -6,6 +6,7 @@
 //! outcomes, checkpoints and files are plain data, so collecting a subset of targets and
 //! committing can happen in different processes.
 
+pub mod alerting;
 pub mod batch;
 pub mod canary;
 pub mod coverage;

@@ -18,12 +18,16 @@ use crate::table::Table;
 /// What one publish gathers: files (local path → lake key), checkpoints, and the `runs` rows.
 pub struct Publish {
     run_id: String,
+    /// The journal and staging id: the run id, or the run id and a later step's name.
+    journal_id: String,
     files: Vec<(PathBuf, String)>,
     /// Files another process already staged under this run's prefix: (staged key, lake key).
     staged: Vec<(String, String)>,
     staged_bytes: u64,
     checkpoints: Vec<Checkpoint>,
     outcomes: Vec<TargetOutcome>,
+    /// CloudTrail events linked to the published finding versions, for their alerts.
+    linked: Vec<crate::alerts::LinkedEvent>,
 }
 
 /// What a commit wrote: table files (not `_` folders) and bytes staged.
@@ -37,12 +41,22 @@ impl Publish {
     pub fn new(run_id: &str) -> Self {
         Self {
             run_id: run_id.to_owned(),
+            journal_id: run_id.to_owned(),
             files: Vec::new(),
             staged: Vec::new(),
             staged_bytes: 0,
             checkpoints: Vec::new(),
             outcomes: Vec::new(),
+            linked: Vec::new(),
         }
+    }
+
+    /// A second, smaller publish of a run after its commit (`step`: e.g. `alerts`): its own
+    /// journal and `runs` file, rows still naming the run.
+    pub fn step(run_id: &str, step: &str) -> Self {
+        let mut publish = Self::new(run_id);
+        publish.journal_id = format!("{run_id}-{step}");
+        publish
     }
 
     pub fn files(&mut self, files: impl IntoIterator<Item = (PathBuf, String)>) -> &mut Self {
@@ -71,6 +85,20 @@ impl Publish {
         self
     }
 
+    /// Links of published finding versions to CloudTrail events (alerting runs).
+    pub fn linked(
+        &mut self,
+        links: impl IntoIterator<Item = crate::alerts::LinkedEvent>,
+    ) -> &mut Self {
+        self.linked.extend(links);
+        self
+    }
+
+    /// The links gathered so far, handed to the alerts.
+    pub fn take_linked(&mut self) -> Vec<crate::alerts::LinkedEvent> {
+        std::mem::take(&mut self.linked)
+    }
+
     /// The `runs` rows gathered so far.
     pub fn gathered_outcomes(&self) -> &[TargetOutcome] {
         &self.outcomes
@@ -93,8 +121,8 @@ impl Publish {
         run_start_ms: i64,
     ) -> Result<(Vec<TargetOutcome>, Committed), RunError> {
         self.sort_outcomes();
-        let run_id = self.run_id.clone();
-        let runs = report::runs_batch(&run_id, &self.outcomes)
+        let run_id = self.journal_id.clone();
+        let runs = report::runs_batch(&self.run_id, &self.outcomes)
             .map_err(|e| RunError::Encode(e.to_string()))?;
         let runs_path = work_dir.join("runs.parquet");
         pq::write_file(&runs_path, &runs).map_err(|e| RunError::Encode(e.to_string()))?;

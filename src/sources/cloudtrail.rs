@@ -262,6 +262,8 @@ struct AccountLookups<'a> {
 
 /// A usable record taken: its event id, time and name.
 type Taken = (String, i64, Option<String>);
+/// A watch-list event taken: (region, event id, time, name).
+type WatchHit = (String, String, i64, Option<String>);
 
 impl AccountLookups<'_> {
     fn client(&self, region: &str) -> aws_sdk_cloudtrail::Client {
@@ -302,7 +304,7 @@ impl AccountLookups<'_> {
         region: &str,
         watchlist: &[String],
         window: (i64, i64),
-    ) -> (Vec<(String, i64)>, Option<TargetFailure>) {
+    ) -> (Vec<(String, i64, Option<String>)>, Option<TargetFailure>) {
         let client = self.client(region);
         let key = (self.account_id.to_owned(), region.to_owned());
         let mut hits = Vec::new();
@@ -317,12 +319,7 @@ impl AccountLookups<'_> {
             )
             .await
             {
-                Ok(events) => hits.extend(
-                    events
-                        .into_iter()
-                        .filter_map(|n| self.take(region, n))
-                        .map(|(id, time, _)| (id, time)),
-                ),
+                Ok(events) => hits.extend(events.into_iter().filter_map(|n| self.take(region, n))),
                 Err(failure) => return (hits, Some(failure)),
             }
         }
@@ -330,16 +327,16 @@ impl AccountLookups<'_> {
     }
 
     /// The watch-list in every region, each since its watermark (advanced in `state` where it
-    /// completed, in an incremental reading). Returns the (region, event id, time) taken.
+    /// completed, in an incremental reading). Returns the (region, event id, time, name) taken.
     async fn watch_regions(
         &mut self,
         regions: &[String],
         watchlist: &[String],
         windows: Windows,
         state: &mut AccountState,
-    ) -> Vec<(String, String, i64)> {
+    ) -> Vec<WatchHit> {
         let until_ms = windows.until_ms();
-        let mut watch_hits: Vec<(String, String, i64)> = Vec::new(); // (region, event id, time)
+        let mut watch_hits: Vec<WatchHit> = Vec::new();
         for region in regions {
             let start = match windows {
                 Windows::Incremental {
@@ -362,7 +359,7 @@ impl AccountLookups<'_> {
             let (hits, failed) = self.watch(region, watchlist, window).await;
             watch_hits.extend(
                 hits.into_iter()
-                    .map(|(id, time)| (region.clone(), id, time)),
+                    .map(|(id, time, name)| (region.clone(), id, time, name)),
             );
             match failed {
                 Some(failure) => {
@@ -432,13 +429,18 @@ impl AccountLookups<'_> {
                 if global_only && !global {
                     continue;
                 }
-                if let Some((id, _, name)) = self.take(&region, normalized) {
+                if let Some((id, time, name)) = self.take(&region, normalized) {
                     let why = if name.is_some() && name == finding.api {
                         "api"
                     } else {
                         reason
                     };
-                    links.insert(link(finding, &id, &region, why));
+                    links.insert(link(
+                        finding,
+                        (&id, &region),
+                        why,
+                        (name.as_deref(), Some(time)),
+                    ));
                 }
             }
         }
@@ -487,9 +489,14 @@ pub async fn collect_account(
         }
         run.correlate(finding, window, &mut links).await;
         // Watch-list events of the finding's account and region inside its window.
-        for (region, id, time) in &watch_hits {
+        for (region, id, time, name) in &watch_hits {
             if *region == finding.region && (window.0..=window.1).contains(time) {
-                links.insert(link(finding, id, region, "watchlist"));
+                links.insert(link(
+                    finding,
+                    (id, region),
+                    "watchlist",
+                    (name.as_deref(), Some(*time)),
+                ));
             }
         }
     }
@@ -590,11 +597,13 @@ pub fn keep_once(
 
 pub fn link(
     finding: &Correlation,
-    event_id: &str,
-    region: &str,
+    (event_id, region): (&str, &str),
     reason: &'static str,
+    (event_name, event_time_ms): (Option<&str>, Option<i64>),
 ) -> FindingEvent {
     FindingEvent {
+        event_name: event_name.map(str::to_owned),
+        event_time_ms,
         finding_account_id: finding.account_id.clone(),
         finding_region: finding.region.clone(),
         finding_id: finding.finding_id.clone(),

@@ -560,7 +560,12 @@ impl Rules {
                     } else {
                         reason
                     };
-                    links.push(link(c, row.event_id(), row.region(), why));
+                    links.push(link(
+                        c,
+                        (row.event_id(), row.region()),
+                        why,
+                        (row.event_name(), Some(row.event_time_ms)),
+                    ));
                 }
             }
         };
@@ -577,7 +582,12 @@ impl Rules {
                     && c.region == row.region()
                     && (start..=end).contains(&row.event_time_ms)
                 {
-                    links.push(link(c, row.event_id(), row.region(), "watchlist"));
+                    links.push(link(
+                        c,
+                        (row.event_id(), row.region()),
+                        "watchlist",
+                        (row.event_name(), Some(row.event_time_ms)),
+                    ));
                 }
             }
         }

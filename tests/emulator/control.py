@@ -73,6 +73,8 @@ class State:
         self.region_status: dict[tuple[str, str], str] = {}
         self.denied_assume: set[str] = set()
         self.faults: list[dict[str, Any]] = []
+        # Entry sizes of each PutEvents call, as EventBridge counts them.
+        self.put_events_sizes: list[int] = []
         self.counts: dict[tuple[str, str, str], int] = defaultdict(int)
         self.throttled: dict[tuple[str, str, str], int] = defaultdict(int)
         self.windows: dict[tuple[str, str, str], deque] = defaultdict(deque)
@@ -286,6 +288,33 @@ def _list_regions(call: Call, start_response: Callable) -> list[bytes]:
     return _json(start_response, 200, body)
 
 
+# PutEvents: "The total entry size must be less than 256KB" (source, detail type, detail,
+# resources in UTF-8, 14 bytes for a time), at most 10 entries.
+PUT_EVENTS_MAX_BYTES = 256 * 1024
+
+
+def _put_events_checks(call: Call, start_response: Callable) -> list[bytes] | None:
+    entries = json.loads(call.body or b"{}").get("Entries") or []
+    size = 0
+    for entry in entries:
+        size += 14 if entry.get("Time") else 0
+        for key in ("Source", "DetailType", "Detail"):
+            size += len(str(entry.get(key) or "").encode())
+        size += sum(len(str(r).encode()) for r in entry.get("Resources") or [])
+    with STATE.lock:
+        STATE.put_events_sizes.append(size)
+    if size >= PUT_EVENTS_MAX_BYTES:
+        return _aws_error(start_response, "events", "json", 400, "ValidationException", "Total size of the entries in the request is over the limit.")
+    return None
+
+
+def _put_events_entry_failure(call: Call, start_response: Callable, code: str) -> list[bytes]:
+    """A 200 answer in which every entry failed with `code` (PutEvents reports failures per entry)."""
+    entries = json.loads(call.body or b"{}").get("Entries") or []
+    failed = [{"ErrorCode": code, "ErrorMessage": f"Injected {code}."} for _ in entries]
+    return _json(start_response, 200, {"FailedEntryCount": len(failed), "Entries": failed})
+
+
 def _reset_connection(environ: dict[str, Any]) -> None:
     """Drops the connection before any answer: shut down now (the handler's file objects keep
     the descriptor open, so close() alone would let the answer through), reset (linger 0)
@@ -358,7 +387,13 @@ class ControlMiddleware:
                     start_response, "sts", "query", 403, "AccessDenied",
                     f"User: arn:aws:iam::{call.account_id}:user/guardlake is not authorized to perform: sts:AssumeRole on resource: {role_arn}",
                 )  # fmt: skip
+        if call.operation == "PutEvents":
+            refused = _put_events_checks(call, start_response)
+            if refused is not None:
+                return refused
         fault = _fault_for(call)
+        if fault and fault.get("entry_error"):
+            return _put_events_entry_failure(call, start_response, str(fault["entry_error"]))
         if fault:
             if fault.get("latency_ms"):
                 time.sleep(float(fault["latency_ms"]) / 1000.0)
@@ -464,4 +499,5 @@ def _stats() -> dict[str, Any]:
             }
             for (op, account, region), count in sorted(STATE.counts.items())
         ]
-    return {"requests": rows, "max_per_second": max((r["max_per_second"] for r in rows), default=0)}
+        sizes = list(STATE.put_events_sizes)
+    return {"requests": rows, "max_per_second": max((r["max_per_second"] for r in rows), default=0), "put_events_sizes": sizes}
