@@ -189,6 +189,7 @@ fn new_gaps(
                     "account_name": name,
                     "region": region,
                     "new_gaps": fresh,
+                    "new_gaps_text": fresh.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "),
                     "gaps": cell_gaps,
                 }),
                 status: Status::Pending { attempts: 0 },
@@ -349,6 +350,17 @@ fn digest(run_id: &str, lake: &str, candidates: &[Candidate], facts: DigestFacts
         })
         .collect();
     let dedup_key = format!("digest:{run_id}");
+    let by_label: Vec<String> = ["CRITICAL", "HIGH", "MEDIUM", "LOW"]
+        .iter()
+        .filter_map(|l| facts.severities.get(*l).map(|n| format!("{l} {n}")))
+        .collect();
+    let summary = format!(
+        "*{}* new finding versions ({})\n*{new_urgent}* new High/Critical findings\n*{}* new coverage gaps\n*{}* failed targets",
+        facts.severities.values().sum::<u64>(),
+        by_label.join(", "),
+        facts.new_gaps,
+        facts.failed.len()
+    );
     Entry {
         detail_type: RUN_DIGEST.into(),
         dedup_key: dedup_key.clone(),
@@ -365,6 +377,7 @@ fn digest(run_id: &str, lake: &str, candidates: &[Candidate], facts: DigestFacts
             "new_coverage_gaps": facts.new_gaps,
             "failed_targets": facts.failed.len(),
             "failed_target_list": failures,
+            "summary": summary,
         }),
         status: Status::Pending { attempts: 0 },
     }

@@ -25,11 +25,12 @@ def main() -> None:
     )
     from werkzeug.serving import run_simple
 
-    from . import cloudtrail_ext, guardduty_ext
+    from . import cloudtrail_ext, events_ext, guardduty_ext
     from .control import ControlMiddleware
 
     guardduty_ext.install()
     cloudtrail_ext.install()
+    events_ext.install()
     app = ControlMiddleware(DomainDispatcherApplication(create_backend_app))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -130,7 +130,9 @@ ARNS = {"AWS::S3::Bucket": "arn:aws:s3:::{name}", "AWS::Logs::LogGroup": "arn:aw
         "AWS::ECS::Cluster": "arn:aws:ecs:us-east-1:111122223333:cluster/{name}",
         "AWS::ECS::TaskDefinition": "arn:aws:ecs:us-east-1:111122223333:task-definition/{name}:1",
         "AWS::SecretsManager::Secret": "arn:aws:secretsmanager:us-east-1:111122223333:secret:guardlake/{name}-AbCdEf",
-        "AWS::StepFunctions::StateMachine": "arn:aws:states:us-east-1:111122223333:stateMachine:{name}"}
+        "AWS::StepFunctions::StateMachine": "arn:aws:states:us-east-1:111122223333:stateMachine:{name}",
+        "AWS::Events::EventBus": "arn:aws:events:us-east-1:111122223333:event-bus/{name}",
+        "AWS::SQS::Queue": "arn:aws:sqs:us-east-1:111122223333:{name}"}
 # Resources whose Ref is their ARN.
 REF_IS_ARN = ("AWS::ECS::TaskDefinition", "AWS::SecretsManager::Secret", "AWS::StepFunctions::StateMachine")
 
@@ -206,7 +208,7 @@ def test_parliament_reports_nothing_on_the_iam_policies():
     from parliament import analyze_policy_string
 
     checked = list(policies())
-    assert len(checked) == 19, [where for where, _ in checked]
+    assert len(checked) == 23, [where for where, _ in checked]
     for where, policy in checked:
         text = json.dumps(policy)
         assert "${" not in text and "{'" not in text, (where, text)
