@@ -92,9 +92,14 @@ infra: venv ## Regenerate infra/hub.yaml (Glue tables from schemas/, named queri
 	$(PY) tests/schemas/generate_infra.py
 	$(VENV)/bin/cfn-lint infra/hub.yaml infra/member-role.yaml || [ $$(( $$? & 2 )) -eq 0 ]
 
-bench: venv ## Findings normalize+encode on 120k findings; org-trail path vs DuckDB at 1x/10x; → bench/results.txt
+bench: venv ## Findings normalize+encode on 120k findings; org-trail library loop and `guardlake run` (1 and 2 threads) vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 	$(PY) tests/bench/orgtrail_vs_duckdb.py
+	$(CARGO) build --release --bin guardlake
+	@$(MAKE) --no-print-directory emulator
+	@set -o pipefail; status=0; \
+	  $(AWS_ENV) GUARDLAKE_RELEASE_BIN=$${CARGO_TARGET_DIR:-target}/release/guardlake $(PY) tests/bench/product.py || status=$$?; \
+	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 bench-scale: venv ## One process vs a distributed run (1/2/4 shard processes), 200 accounts x 4 regions, 100 ms latency per call → bench/scale.txt
 	@$(MAKE) --no-print-directory emulator

@@ -19,6 +19,9 @@ pub struct Cli {
     /// Test-only: kill the process with SIGKILL at this named point (crash tests).
     #[arg(long, env = "GUARDLAKE_CRASH_AT", hide = true, global = true)]
     pub crash_at: Option<String>,
+    /// Threads for the async runtime and for CPU work (decompressing, parsing and encoding): org-trail objects are decoded on this many threads at once [default: every core].
+    #[arg(long, env = "GUARDLAKE_THREADS", global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -66,6 +66,16 @@ pub enum CloudTrailMode {
     OrgTrail,
 }
 
+/// Which organization-trail events the lake keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrailKeep {
+    /// The watch-list, denied calls, and the events behind new finding versions.
+    Relevant,
+    /// Every event of every object read: the lake holds the whole trail.
+    All,
+}
+
 /// The config file. Every key is optional; flags and environment variables win over it.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +203,14 @@ pub struct Config {
     /// Org-trail mode: read a local copy of the trail (a directory holding AWSLogs/) instead of S3.
     #[arg(long, env = "GUARDLAKE_TRAIL_DIR", value_name = "DIR")]
     pub trail_dir: Option<PathBuf>,
+    /// Org-trail mode: which events the lake keeps: relevant (the watch-list, denied calls and the events behind new finding versions) or all (every event of every object read) [default: relevant].
+    #[arg(
+        long,
+        env = "GUARDLAKE_TRAIL_KEEP",
+        value_enum,
+        value_name = "relevant|all"
+    )]
+    pub trail_keep: Option<TrailKeep>,
     /// Org-trail mode: the o-… id in the object keys [default: Organizations DescribeOrganization].
     #[arg(long, env = "GUARDLAKE_TRAIL_ORG_ID", value_name = "ID")]
     pub trail_org_id: Option<String>,
@@ -283,6 +301,7 @@ pub struct ValidatedConfig {
     pub lookup_pad_secs: i64,
     pub trail: Option<TrailSource>,
     pub trail_org_id: Option<String>,
+    pub trail_keep: TrailKeep,
     pub trail_shard_objects: u64,
     pub required_features: Vec<String>,
     pub canary_type: String,
@@ -392,6 +411,7 @@ impl Config {
             alerts,
             trail,
             trail_org_id: self.trail_org_id,
+            trail_keep: self.trail_keep.unwrap_or(TrailKeep::Relevant),
             trail_shard_objects: numbers.trail_shard_objects,
             required_features,
             canary_type,
@@ -816,6 +836,14 @@ impl Config {
             (None, Some(dir)) => Some(TrailSource::Local(dir)),
             (None, None) => None,
         };
+        if self.trail_keep == Some(TrailKeep::All) && cloudtrail != CloudTrailMode::OrgTrail {
+            return Err(invalid(
+                "trail_keep",
+                "--trail-keep",
+                "`all` applies to the organization trail's objects",
+                "use --cloudtrail org-trail with it, or drop it",
+            ));
+        }
         if cloudtrail == CloudTrailMode::OrgTrail && trail.is_none() {
             return Err(invalid("trail_bucket", "--trail-bucket", "org-trail mode needs the trail's bucket", "name the bucket the organization trail delivers to (or a local copy with --trail-dir)"));
         }

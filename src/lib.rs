@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod compact;
 pub mod config;
+pub mod cpu;
 pub mod crash;
 pub mod discover;
 pub mod distributed;

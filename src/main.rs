@@ -52,8 +52,10 @@ fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
     validated(merged_config(file, flags))
 }
 
+/// The runtime, with one worker per thread of [`guardlake::cpu::threads`].
 fn async_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(guardlake::cpu::threads())
         .enable_all()
         .build()
         .unwrap_or_else(|err| {
@@ -106,6 +108,7 @@ fn serve_lambda() -> ! {
     init_logs();
     let Ok(Cli {
         command: Command::Run(args),
+        threads,
         ..
     }) = Cli::try_parse_from(["guardlake", "run"])
     else {
@@ -117,6 +120,9 @@ fn serve_lambda() -> ! {
     let base = merged_config(args.config.as_deref(), args.options.clone());
     // Fail the cold start, not every invocation, when the configuration is wrong.
     validated(base.clone());
+    if let Some(threads) = threads {
+        guardlake::cpu::set_threads(usize::from(threads));
+    }
     let runtime = async_runtime();
     match runtime.block_on(guardlake::lambda::serve(base, args.s3.path_style())) {
         Ok(()) => std::process::exit(exit_code::OK),
@@ -134,6 +140,9 @@ fn main() {
     }
     let cli = Cli::parse();
     init_logs();
+    if let Some(threads) = cli.threads {
+        guardlake::cpu::set_threads(usize::from(threads));
+    }
     if let Some(point) = cli.crash_at {
         let known: Vec<String> = guardlake::state::CrashPoint::all()
             .into_iter()

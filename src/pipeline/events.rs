@@ -4,6 +4,7 @@
 //! trail's objects. Both share the events writer, the links and the quarantine.
 
 use crate::alerts::LinkedEvent;
+use crate::config::TrailKeep;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,31 @@ struct OrgTrail {
     trail: Store,
     org_id: String,
     rules: orgtrail::Rules,
+}
+
+/// The run's CloudTrail rows: one encoder per thread when there are several, each writing its
+/// own files.
+fn sink(run: &Run<'_>, dir: std::path::PathBuf, stamp: RunStamp) -> EventSink {
+    let config = run.config;
+    let encoders = crate::cpu::threads();
+    let writer = |k: usize| {
+        let writer = PartitionWriter::new(
+            dir.clone(),
+            stamp.clone(),
+            config.flush_bytes,
+            config.target_file_bytes,
+        );
+        match encoders {
+            1 => writer.named(run.stem),
+            _ => writer.named(&format!("{}-{k}", run.stem)),
+        }
+    };
+    EventSink::new(
+        encoders,
+        config.flush_bytes,
+        writer,
+        Spill::new(run.work_dir.join("quarantine-cloudtrail.jsonl")),
+    )
 }
 
 /// Local files and the lake keys they are published under.
@@ -113,11 +139,12 @@ impl<'a> Events<'a> {
                         }
                     },
                 };
-                let rules = orgtrail::Rules::new(
+                let mut rules = orgtrail::Rules::new(
                     &config.watchlist,
                     correlations,
                     config.lookup_pad_secs * 1000,
                 );
+                rules.keep_all = config.trail_keep == TrailKeep::All;
                 Reader::OrgTrail(Box::new(OrgTrail {
                     trail: trail_store(run, source),
                     org_id,
@@ -148,11 +175,7 @@ impl<'a> Events<'a> {
             key: dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let sink = EventSink::new(
-            PartitionWriter::new(dir, stamp, config.flush_bytes, config.target_file_bytes)
-                .named(run.stem),
-            Spill::new(run.work_dir.join("quarantine-cloudtrail.jsonl")),
-        );
+        let sink = sink(run, dir, stamp);
         let events = Events {
             run,
             reader,

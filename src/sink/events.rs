@@ -1,8 +1,15 @@
-//! The `cloudtrail_events` rows of a run as they are read: encoded into Parquet as the
-//! writer's buffer fills, each event id once, quarantined records spilled to disk.
+//! The `cloudtrail_events` rows of a run as they are read: each event id once, encoded into
+//! Parquet as buffers fill, quarantined records spilled to disk.
+//!
+//! With one encoder the caller encodes a full buffer itself. With more (`--threads` above 1),
+//! full buffers go to that many encoder threads, each with its own writer and files, so the
+//! accounts' tasks keep reading while earlier rows are sorted, built into Arrow and compressed;
+//! a bounded queue holds them back when the encoders fall behind, which bounds memory.
 
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use crate::error::RunError;
 use crate::normalize::cloudtrail::EventRow;
@@ -14,25 +21,96 @@ use crate::sources::orgtrail;
 /// Shared by every account of a run; `take` may be called from any of them.
 pub struct EventSink {
     inner: Mutex<Inner>,
+    /// The encoder threads' queue and handles (none: the caller encodes).
+    pool: Option<Pool>,
 }
 
 struct Inner {
-    writer: PartitionWriter<EventRow>,
+    /// The caller's writer (one encoder), or the rows waiting for the pool.
+    writer: Option<PartitionWriter<EventRow>>,
+    waiting: Vec<EventRow>,
+    waiting_bytes: u64,
+    /// Rows handed to the pool at once: the flush size shared among the encoders.
+    batch_bytes: u64,
     seen: EventIds,
     bad: Spill,
     /// The first encoding or spill error; the run fails with it at `finish`.
     error: Option<String>,
 }
 
+/// An encoder thread: the files it wrote, or why it stopped.
+type Encoder = JoinHandle<Result<Vec<StagedFile>, String>>;
+
+struct Pool {
+    queue: Mutex<Option<SyncSender<Vec<EventRow>>>>,
+    workers: Mutex<Vec<Encoder>>,
+}
+
 impl EventSink {
-    pub fn new(writer: PartitionWriter<EventRow>, bad: Spill) -> Self {
+    /// `writer(k)` makes encoder k's writer (its files named apart from the others').
+    pub fn new(
+        encoders: usize,
+        flush_bytes: u64,
+        writer: impl Fn(usize) -> PartitionWriter<EventRow>,
+        bad: Spill,
+    ) -> Self {
+        let encoders = encoders.max(1);
+        let inner = |writer| Inner {
+            writer,
+            waiting: Vec::new(),
+            waiting_bytes: 0,
+            batch_bytes: (flush_bytes / encoders as u64).max(1),
+            seen: EventIds::default(),
+            bad,
+            error: None,
+        };
+        if encoders == 1 {
+            return Self {
+                inner: Mutex::new(inner(Some(writer(0)))),
+                pool: None,
+            };
+        }
+        let (queue, rx) = sync_channel::<Vec<EventRow>>(1);
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let workers = (0..encoders)
+            .map(|k| {
+                let rx = rx.clone();
+                let mut writer = writer(k);
+                std::thread::spawn(move || {
+                    loop {
+                        let rows = match rx.lock().map(|rx| rx.recv()) {
+                            Ok(Ok(rows)) => rows,
+                            _ => break,
+                        };
+                        for row in rows {
+                            writer.push(row).map_err(|e| e.to_string())?;
+                        }
+                        writer.flush().map_err(|e| e.to_string())?;
+                    }
+                    writer.finish().map_err(|e| e.to_string())
+                })
+            })
+            .collect();
         Self {
-            inner: Mutex::new(Inner {
-                writer,
-                seen: EventIds::default(),
-                bad,
-                error: None,
+            inner: Mutex::new(inner(None)),
+            pool: Some(Pool {
+                queue: Mutex::new(Some(queue)),
+                workers: Mutex::new(workers),
             }),
+        }
+    }
+
+    /// Hands a full batch to the encoders, waiting while they are all busy.
+    fn hand_off(&self, rows: Vec<EventRow>) -> Result<(), String> {
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let queue = pool.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match queue {
+            Some(queue) => queue
+                .send(rows)
+                .map_err(|_| "the CloudTrail encoders stopped".to_owned()),
+            None => Err("the CloudTrail events were already finished".to_owned()),
         }
     }
 
@@ -40,13 +118,37 @@ impl EventSink {
     #[allow(clippy::type_complexity)]
     pub fn finish(self) -> Result<(Vec<StagedFile>, Option<(PathBuf, u64)>), RunError> {
         let mut inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(error) = inner.error {
+        let mut files = Vec::new();
+        let mut error = inner.error.take();
+        if let Some(pool) = self.pool {
+            let queue = pool.queue.into_inner().unwrap_or_else(|p| p.into_inner());
+            if let Some(queue) = queue {
+                let rows = std::mem::take(&mut inner.waiting);
+                if !rows.is_empty() && queue.send(rows).is_err() {
+                    error.get_or_insert_with(|| "the CloudTrail encoders stopped".to_owned());
+                }
+            }
+            for worker in pool.workers.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                match worker.join() {
+                    Ok(Ok(done)) => files.extend(done),
+                    Ok(Err(e)) => {
+                        error.get_or_insert(e);
+                    }
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        }
+        if let Some(writer) = inner.writer.take() {
+            files.extend(
+                writer
+                    .finish()
+                    .map_err(|e| RunError::Encode(e.to_string()))?,
+            );
+        }
+        if let Some(error) = error {
             return Err(RunError::Encode(error));
         }
-        let files = inner
-            .writer
-            .finish()
-            .map_err(|e| RunError::Encode(e.to_string()))?;
+        files.sort_by(|a, b| (a.dt, &a.name).cmp(&(b.dt, &b.name)));
         let bad = inner.bad.finish().map_err(|e| RunError::Store {
             key: e.key,
             message: e.message,
@@ -57,24 +159,104 @@ impl EventSink {
 
 impl orgtrail::Sink for EventSink {
     fn take(&self, rows: Vec<EventRow>, bad: Vec<BadEvent>) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = &mut *guard;
-        if inner.error.is_some() {
-            return;
-        }
-        for row in rows {
-            if inner.seen.insert(row.event_id()) {
-                if let Err(e) = inner.writer.push(row) {
-                    inner.error = Some(e.to_string());
+        let full = {
+            let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let inner = &mut *guard;
+            if inner.error.is_some() {
+                return;
+            }
+            for row in rows {
+                if !inner.seen.insert(row.event_id()) {
+                    continue;
+                }
+                let pushed = match &mut inner.writer {
+                    Some(writer) => writer.push(row).map_err(|e| e.to_string()),
+                    None => {
+                        inner.waiting_bytes += row.approx_bytes() as u64;
+                        inner.waiting.push(row);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = pushed {
+                    inner.error = Some(e);
                     return;
                 }
             }
-        }
-        for record in &bad {
-            if let Err(e) = inner.bad.push(record) {
-                inner.error = Some(format!("writing the quarantine: {e}"));
-                return;
+            for record in &bad {
+                if let Err(e) = inner.bad.push(record) {
+                    inner.error = Some(format!("writing the quarantine: {e}"));
+                    return;
+                }
             }
+            if inner.waiting_bytes >= inner.batch_bytes {
+                inner.waiting_bytes = 0;
+                Some(std::mem::take(&mut inner.waiting))
+            } else {
+                None
+            }
+        };
+        // Outside the lock: the other accounts keep taking while this one waits for an encoder.
+        if let Some(rows) = full {
+            if let Err(e) = self.hand_off(rows) {
+                let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                inner.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::cloudtrail::normalize_text;
+    use crate::normalize::guardduty::RunStamp;
+    use crate::sources::orgtrail::Sink;
+
+    fn row(i: usize) -> EventRow {
+        let text = format!(
+            r#"{{"eventID":"e{i}","eventTime":"2026-11-{:02}T10:00:00Z","eventName":"ListUsers","eventSource":"iam.amazonaws.com","awsRegion":"us-east-1","recipientAccountId":"111122223333","userIdentity":{{"type":"Root"}}}}"#,
+            1 + i % 3
+        );
+        normalize_text(&text).unwrap()
+    }
+
+    #[test]
+    fn every_event_once_whatever_the_encoder_count() {
+        for encoders in [1, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let stamp = RunStamp {
+                run_id: "r".into(),
+                collected_at_ms: 0,
+            };
+            let writer = |k: usize| {
+                PartitionWriter::new(dir.path().to_owned(), stamp.clone(), 4096, 1 << 30)
+                    .named(&format!("r-{k}"))
+            };
+            let sink = EventSink::new(encoders, 4096, writer, Spill::new(dir.path().join("bad")));
+            std::thread::scope(|scope| {
+                for part in 0..4 {
+                    let sink = &sink;
+                    // Each part overlaps the next: ids 0..1500 shifted by 250 per part.
+                    scope.spawn(move || {
+                        for chunk in (part * 250..part * 250 + 750)
+                            .collect::<Vec<_>>()
+                            .chunks(100)
+                        {
+                            sink.take(chunk.iter().map(|i| row(*i)).collect(), Vec::new());
+                        }
+                    });
+                }
+            });
+            let (files, bad) = sink.finish().unwrap();
+            assert!(bad.is_none());
+            assert_eq!(
+                files.iter().map(|f| f.rows).sum::<usize>(),
+                1500,
+                "{encoders} encoder(s)"
+            );
+            let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            names.dedup();
+            assert_eq!(names.len(), files.len(), "file names are distinct");
         }
     }
 }

@@ -11,7 +11,7 @@
 //! object key and the reason; the records before it and the rest of the run go on.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
@@ -507,7 +507,7 @@ pub struct Rules {
     pub by_key: HashMap<String, Vec<Correlation>>,
     pub by_user: HashMap<String, Vec<Correlation>>,
     pub pad_ms: i64,
-    /// Keep every record (the benchmark's like-for-like comparison with DuckDB).
+    /// Keep every record (`--trail-keep all`), links still made.
     pub keep_all: bool,
 }
 
@@ -602,7 +602,7 @@ impl Rules {
 /// records never sits in memory as rows.
 const SINK_BATCH: usize = 4096;
 
-/// What `take_object` keeps of an object's records.
+/// What [`Taking`] keeps of an object's records.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep {
     /// Only events with eventTime in `[start, end)` (backfills); `None`: every event.
@@ -611,65 +611,123 @@ pub struct Keep {
     pub all: bool,
 }
 
-/// Reads one object's records into `sink`: relevant ones once per run and never again once
-/// published; bad ones quarantined with the object key. Counts and links stay in `result`.
-#[allow(clippy::too_many_arguments)]
-pub fn take_object(
-    result: &mut AccountResult,
-    seen: &mut EventIds,
-    published: &HashSet<String>,
-    rules: &Rules,
-    account_id: &str,
-    region: &str,
-    key: &str,
-    compressed: &[u8],
-    keep: Keep,
-    sink: &dyn Sink,
-) {
-    let mut links = Vec::new();
-    let outcome = read_object(compressed, &mut |record| {
-        let normalized = match record {
-            Ok(bytes) => normalize_text(&record_text(bytes)),
-            Err(length) => Err((BadRecord::TooLarge(length), String::new())),
-        };
-        let Some(row) = admit(result, account_id, region, Some(key), normalized) else {
+/// Where one object's records go: the account's counts, its event ids, what is relevant.
+pub struct Taking<'a> {
+    pub result: &'a mut AccountResult,
+    pub seen: &'a mut EventIds,
+    pub published: &'a HashSet<String>,
+    pub rules: &'a Rules,
+    pub account_id: &'a str,
+    pub region: &'a str,
+    pub key: &'a str,
+    pub keep: Keep,
+    pub sink: &'a dyn Sink,
+}
+
+/// One record, parsed: a row, or why it is quarantined (with its text).
+pub type Parsed = Result<EventRow, (BadRecord, String)>;
+
+/// The parse of a record's bytes (`Err(length)`: over [`MAX_RECORD_BYTES`]).
+fn parse(record: Record<'_>) -> Parsed {
+    match record {
+        Ok(bytes) => normalize_text(&record_text(bytes)),
+        Err(length) => Err((BadRecord::TooLarge(length), String::new())),
+    }
+}
+
+impl Taking<'_> {
+    /// One record: counted, and kept once per run (never again once published) when relevant.
+    fn record(&mut self, parsed: Parsed, links: &mut Vec<FindingEvent>) {
+        let Some(row) = admit(
+            self.result,
+            self.account_id,
+            self.region,
+            Some(self.key),
+            parsed,
+        ) else {
             return;
         };
-        if keep
+        if self
+            .keep
             .window
             .is_some_and(|(start, end)| !(start..end).contains(&row.event_time_ms))
         {
             return;
         }
-        let (relevant, found) = rules.judge(&row);
+        let (relevant, found) = self.rules.judge(&row);
         links.extend(found);
-        if relevant || keep.all {
-            keep_once(result, seen, published, region, row);
+        if relevant || self.keep.all {
+            keep_once(self.result, self.seen, self.published, self.region, row);
         }
-        if result.rows.len() + result.bad.len() >= SINK_BATCH {
-            sink.take(
-                std::mem::take(&mut result.rows),
-                std::mem::take(&mut result.bad),
+        if self.result.rows.len() + self.result.bad.len() >= SINK_BATCH {
+            self.sink.take(
+                std::mem::take(&mut self.result.rows),
+                std::mem::take(&mut self.result.bad),
             );
         }
-    });
-    if let Err(reason) = outcome {
-        let stats = result.regions.entry(region.to_owned()).or_default();
-        stats.quarantined += 1;
-        result.bad.push(BadEvent {
-            account_id: account_id.to_owned(),
-            region: region.to_owned(),
-            event_id: None,
-            reason: format!("{key}: {reason}"),
-            raw: String::new(),
-        });
     }
-    result.links.extend(links);
-    sink.take(
-        std::mem::take(&mut result.rows),
-        std::mem::take(&mut result.bad),
-    );
+
+    /// After the last record: a broken object is quarantined by key, the rest goes to the sink.
+    fn finish(self, outcome: Result<usize, String>, links: Vec<FindingEvent>) {
+        if let Err(reason) = outcome {
+            let stats = self
+                .result
+                .regions
+                .entry(self.region.to_owned())
+                .or_default();
+            stats.quarantined += 1;
+            self.result.bad.push(BadEvent {
+                account_id: self.account_id.to_owned(),
+                region: self.region.to_owned(),
+                event_id: None,
+                reason: format!("{}: {reason}", self.key),
+                raw: String::new(),
+            });
+        }
+        self.result.links.extend(links);
+        self.sink.take(
+            std::mem::take(&mut self.result.rows),
+            std::mem::take(&mut self.result.bad),
+        );
+    }
+
+    /// Reads one object's records as a stream (never the whole object in memory).
+    pub fn object(mut self, compressed: &[u8]) {
+        let mut links = Vec::new();
+        let outcome = read_object(compressed, &mut |record| {
+            self.record(parse(record), &mut links)
+        });
+        self.finish(outcome, links);
+    }
+
+    /// Takes the records of an object decoded beforehand ([`decode`]).
+    pub fn decoded(mut self, decoded: Decoded) {
+        let mut links = Vec::new();
+        for parsed in decoded.records {
+            self.record(parsed, &mut links);
+        }
+        self.finish(decoded.outcome, links);
+    }
 }
+
+/// An object decompressed, split and parsed ahead of being taken.
+pub struct Decoded {
+    records: Vec<Parsed>,
+    outcome: Result<usize, String>,
+}
+
+/// Decompresses, splits and parses a whole object: the CPU work, done off the account's task
+/// (objects up to [`DECODE_AHEAD_BYTES`] compressed; larger ones are streamed in place).
+pub fn decode(compressed: &[u8]) -> Decoded {
+    let mut records = Vec::new();
+    let outcome = read_object(compressed, &mut |record| records.push(parse(record)));
+    Decoded { records, outcome }
+}
+
+/// Objects up to this size (compressed) are decoded ahead on other threads, whole: about 15
+/// MiB of rows each. CloudTrail delivers an account's region every 5 minutes, so objects are
+/// mostly far smaller; a larger one is streamed record by record instead.
+pub const DECODE_AHEAD_BYTES: usize = 1 << 20;
 
 /// Where kept events and quarantined records go, object by object, so that an account with
 /// millions of events is never held in memory.
@@ -683,6 +741,15 @@ pub struct Trail<'a> {
     pub org_id: &'a str,
     pub rules: &'a Rules,
     pub sink: &'a dyn Sink,
+}
+
+/// An object of a reading, in key order: not a log object, gone since the listing, too large
+/// to decode ahead (read as a stream when its turn comes), or being decoded.
+enum Pending {
+    NotALog,
+    Gone,
+    Large(Vec<u8>),
+    Decoding(tokio::task::JoinHandle<Decoded>),
 }
 
 /// One account's reading: what it produced, the event ids to skip, the ones taken this run.
@@ -745,7 +812,9 @@ impl Reader<'_> {
     }
 
     /// Reads the log objects among `keys` (sorted) not in `skip`; returns the keys handled (read
-    /// or skipped as non-log), and the classified failure that stopped it, if one did.
+    /// or skipped as non-log, in key order), and the classified failure that stopped it, if one
+    /// did. Up to [`crate::cpu::threads`] objects are fetched and decoded ahead on other threads
+    /// while this task takes the earlier ones' records, in key order.
     async fn read_keys(
         &mut self,
         region: &str,
@@ -755,45 +824,74 @@ impl Reader<'_> {
         keep: Keep,
     ) -> (Vec<String>, Option<TargetFailure>) {
         let mut handled = Vec::new();
-        for (key, _) in keys {
-            if skip.contains(key.as_str()) {
-                continue;
-            }
-            if !is_log_object(prefix, &key) {
-                self.result
-                    .regions
-                    .entry(region.to_owned())
-                    .or_default()
-                    .objects_skipped += 1;
-                handled.push(key);
-                continue;
-            }
-            match self.trail.source.get(&key).await {
-                Ok(Some(bytes)) => {
-                    self.result
-                        .regions
-                        .entry(region.to_owned())
-                        .or_default()
-                        .objects_read += 1;
-                    take_object(
-                        &mut self.result,
-                        &mut self.seen,
-                        self.published,
-                        self.trail.rules,
-                        self.account_id,
-                        region,
-                        &key,
-                        &bytes,
-                        keep,
-                        self.trail.sink,
-                    );
+        let mut ahead: VecDeque<(String, Pending)> = VecDeque::new();
+        let mut keys = keys
+            .into_iter()
+            .filter(|(key, _)| !skip.contains(key.as_str()));
+        let mut failure = None;
+        // One thread: each object is streamed in place, as it comes.
+        let (depth, ahead_ok) = match crate::cpu::threads() {
+            1 => (1, false),
+            threads => (threads, true),
+        };
+        loop {
+            while failure.is_none() && ahead.len() < depth {
+                let Some((key, _)) = keys.next() else { break };
+                if !is_log_object(prefix, &key) {
+                    ahead.push_back((key, Pending::NotALog));
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => return (handled, Some(classify_store("s3:GetObject", &e))),
+                match self.trail.source.get(&key).await {
+                    Ok(Some(bytes)) if ahead_ok && bytes.len() <= DECODE_AHEAD_BYTES => {
+                        let job = tokio::spawn(crate::cpu::run(move || decode(&bytes)));
+                        ahead.push_back((key, Pending::Decoding(job)));
+                    }
+                    Ok(Some(bytes)) => ahead.push_back((key, Pending::Large(bytes))),
+                    Ok(None) => ahead.push_back((key, Pending::Gone)),
+                    Err(e) => failure = Some(classify_store("s3:GetObject", &e)),
+                }
             }
+            let Some((key, pending)) = ahead.pop_front() else {
+                break;
+            };
+            self.take(region, &key, keep, pending).await;
             handled.push(key);
         }
-        (handled, None)
+        (handled, failure)
+    }
+
+    /// One object of [`Reader::read_keys`], in key order.
+    async fn take(&mut self, region: &str, key: &str, keep: Keep, pending: Pending) {
+        let stats = self.result.regions.entry(region.to_owned()).or_default();
+        let source = match pending {
+            Pending::NotALog => {
+                stats.objects_skipped += 1;
+                return;
+            }
+            Pending::Gone => return,
+            Pending::Large(bytes) => Ok(bytes),
+            Pending::Decoding(job) => match job.await {
+                Ok(decoded) => Err(decoded),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
+        };
+        stats.objects_read += 1;
+        let taking = Taking {
+            result: &mut self.result,
+            seen: &mut self.seen,
+            published: self.published,
+            rules: self.trail.rules,
+            account_id: self.account_id,
+            region,
+            key,
+            keep,
+            sink: self.trail.sink,
+        };
+        // Taking may encode a full buffer of rows: off the runtime's other tasks.
+        crate::cpu::in_place(|| match source {
+            Ok(bytes) => taking.object(&bytes),
+            Err(decoded) => taking.decoded(decoded),
+        });
     }
 
     /// Incremental: the objects listed after the cursor of `kind` in `region`. A region whose

@@ -57,10 +57,10 @@ def guardlake(path: Path, stages: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def duck(path: Path, records: int) -> dict:
+def duck(path: Path, records: int, threads: int = 1) -> dict:
     out = Path(tempfile.mkdtemp(prefix="duckdb-orgtrail-"))
     con = duckdb.connect()
-    con.execute("SET threads = 1")
+    con.execute(f"SET threads = {threads}")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '4GB'")
     started = time.perf_counter()

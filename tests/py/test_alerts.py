@@ -218,3 +218,51 @@ def test_bad_rules_are_refused_with_the_key():
     assert "alerts" in bad.stderr and "SEVERE" in bad.stderr
     bad = guardlake("run", "--alerts-bus", "arn:aws:sqs:us-east-1:123456789012:q", check_codes=(2,))
     assert "alerts_bus" in bad.stderr
+
+
+def test_a_distributed_run_sends_what_a_single_run_sends(history):
+    """plan → shards → commit: the candidates travel in the shards' done markers; the commit
+    stages the outbox and sends it."""
+    account, lake, queue, options, expected = history
+    planned = json.loads(guardlake("plan", *options, check_codes=(0,)).stdout)
+    for n in range(planned["shards"]):
+        guardlake("shard", "--run-id", planned["run_id"], "--shard", str(n), *options, check_codes=(0, 3))
+    assert drain(queue) == [], "a shard publishes nothing and alerts nothing"
+    committed = guardlake("commit", "--run-id", planned["run_id"], *options, check_codes=(3,))
+    events = drain(queue)
+    assert alerts_of(events) == expected, committed.stdout
+    assert [e["detail"]["account_name"] for e in events if e["detail-type"] == "guardlake Finding Alert"] == ["prod"] * len(expected)
+
+
+def test_an_alert_carries_the_cloudtrail_events_behind_its_finding(tmp_path):
+    from conftest import cloudtrail_fixtures
+    from test_cloudtrail import KEY, event, seed_events
+    from test_cloudtrail import iso as ct_iso
+
+    [victim] = create_org(["victim"])
+    for region in (REGION, OTHER):
+        seed_findings(victim, region, [])
+    queue = bus_to_queue()
+    options = ("--output", str(tmp_path / "lake"), "--regions", f"{REGION},{OTHER}", "--accounts", victim, "--cloudtrail", "lookup",
+               "--watchlist", "StopLogging", "--alerts-bus", BUS, "--alerts", '[{"name":"all","on":["new"]}]')  # fmt: skip
+    guardlake("run", *options, check_codes=(0,))
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    first, last = now - timedelta(hours=3), now - timedelta(hours=1)
+    f = finding(victim, "key", created=now, updated=now, severity=8.0)
+    f["region"] = OTHER
+    f["resource"] = {"resourceType": "AccessKey", "accessKeyDetails": {"accessKeyId": KEY, "principalId": "AIDACOMPROMISED", "userName": "deploy", "userType": "IAMUser"}}
+    f["service"]["action"] = {"actionType": "AWS_API_CALL", "awsApiCallAction": {"api": "ListUsers", "serviceName": "iam.amazonaws.com", "callerType": "Remote IP"}}
+    f["service"]["eventFirstSeen"], f["service"]["eventLastSeen"] = ct_iso(first, True), ct_iso(last, True)
+    seed_findings(victim, OTHER, [f])
+    template = cloudtrail_fixtures()["iam_user"]
+    t = lambda minutes: first + timedelta(minutes=minutes)  # noqa: E731
+    seed_events(victim, OTHER, [event(template, "e-eu-1", victim, OTHER, "DescribeInstances", "ec2.amazonaws.com", t(5), KEY),
+                                event(template, "e-eu-2", victim, OTHER, "ListBuckets", "s3.amazonaws.com", t(30), KEY)])  # fmt: skip
+    seed_events(victim, REGION, [event(template, "e-us-api", victim, REGION, "ListUsers", "iam.amazonaws.com", t(40), KEY),
+                                 event(template, "e-us-key", victim, REGION, "CreateAccessKey", "iam.amazonaws.com", t(50), KEY)])  # fmt: skip
+    guardlake("run", *options, check_codes=(0,))
+    [alert] = [e["detail"] for e in drain(queue) if e["detail-type"] == "guardlake Finding Alert"]
+    linked = [(e["event_id"], e["event_name"], e["reason"]) for e in alert["linked_events"]]
+    assert linked == [("e-us-api", "ListUsers", "api"), ("e-us-key", "CreateAccessKey", "access_key"),
+                      ("e-eu-2", "ListBuckets", "access_key"), ("e-eu-1", "DescribeInstances", "access_key")], linked  # fmt: skip
+    assert alert["resource"]["access_key_id"] == KEY and alert["linked_events"][0]["event_time"] == ct_iso(t(40))

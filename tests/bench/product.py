@@ -1,0 +1,88 @@
+"""`make bench` (product path): `guardlake run --cloudtrail org-trail --trail-dir DIR --trail-keep
+all`, as a user runs it (the release binary, against the local backend for STS and GuardDuty),
+at --threads 1 and 2, and DuckDB at 1 and 2 threads over the same objects; at 1x and 10x.
+Appends the rates, the ratios, the scaling (2-thread rate / 1-thread rate) and peak RSS to
+bench/results.txt.
+
+The stage rate is the library loop's gunzip + split + parse pass (`cargo bench --bench orgtrail
+-- --stages`, one thread) on the same corpus; the product's 1-thread rate is reported as a share
+of it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from orgtrail_vs_duckdb import RECORDS, ROOT, corpus, duck, guardlake as library  # noqa: E402
+
+BINARY = Path(os.environ.get("GUARDLAKE_RELEASE_BIN", ROOT / "target" / "release" / "guardlake"))
+ORG_ID = "o-guardlake01"
+
+
+def cells(path: Path) -> tuple[list[str], list[str]]:
+    """The accounts and regions the corpus has log objects for."""
+    base = path / "AWSLogs" / ORG_ID
+    accounts = sorted(p.name for p in base.iterdir())
+    regions = sorted({p.name for a in accounts for p in (base / a / "CloudTrail").iterdir()})
+    return accounts, regions
+
+
+def product(path: Path, threads: int) -> dict:
+    """One `guardlake run` over the corpus: its rate (records read / wall time) and peak RSS."""
+    accounts, regions = cells(path)
+    out = Path(tempfile.mkdtemp(prefix="guardlake-product-"))
+    args = [str(BINARY), "run", "--output", str(out / "lake"), "--work-dir", str(out), "--accounts", ",".join(accounts),
+            "--regions", ",".join(regions), "--cloudtrail", "org-trail", "--trail-dir", str(path), "--trail-org-id", ORG_ID,
+            "--trail-keep", "all", "--lookback-days", "60", "--threads", str(threads)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDLAKE_")}
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    out_text = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 3), f"guardlake run exited {code}:\n{out_text}"
+    read = re.search(r"cloudtrail: (\d+) events read, (\d+) new written", out_text)
+    assert read, out_text
+    records, written = int(read.group(1)), int(read.group(2))
+    return {"records": records, "written": written, "seconds": round(seconds, 3), "records_per_sec": round(records / seconds),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # fmt: skip
+
+
+def main() -> None:
+    if not BINARY.exists():
+        sys.exit(f"{BINARY} is missing: build it with cargo build --release --bin guardlake")
+    lines = ["", f"guardlake bench: the product path (guardlake run --cloudtrail org-trail --trail-dir --trail-keep all) vs DuckDB, {os.cpu_count()} cores"]
+    for copies in (1, 10):
+        path = corpus(RECORDS, copies)
+        ours = {threads: product(path, threads) for threads in (1, 2)}
+        theirs = {threads: duck(path, ours[1]["records"], threads) for threads in (1, 2)}
+        records = ours[1]["records"]
+        lines.append(f"{copies:>2}x corpus: {records} records read, {ours[1]['written']} written")
+        for threads in (1, 2):
+            o, t = ours[threads], theirs[threads]
+            lines.append(f"    {threads} thread(s): guardlake {o['records_per_sec']} records/s ({o['seconds']} s, peak RSS {o['peak_rss_mib']} MiB); "
+                         f"duckdb {t['records_per_sec']} records/s ({t['seconds']} s); ratio {o['records_per_sec'] / t['records_per_sec']:.2f}x")  # fmt: skip
+        lines.append(f"    scaling: guardlake {ours[2]['records_per_sec'] / ours[1]['records_per_sec']:.2f}x from 1 to 2 threads; "
+                     f"duckdb {theirs[2]['records_per_sec'] / theirs[1]['records_per_sec']:.2f}x")  # fmt: skip
+        if copies == 1:
+            stages = library(path, stages=True)
+            parse_rate = stages["records"] / stages["stage_inflate_split_parse_seconds"]
+            lines.append(f"    stage rate (gunzip + split + parse, one thread): {parse_rate:.0f} records/s; "
+                         f"the product at 1 thread runs at {ours[1]['records_per_sec'] / parse_rate:.0%} of it")  # fmt: skip
+        print("\n".join(lines[-(4 + (copies == 1)):]), flush=True)
+    with open(ROOT / "bench" / "results.txt", "a") as results:
+        results.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
