@@ -9,13 +9,21 @@ regions=us-east-1,eu-west-1,ap-southeast-2
 
 echo "== Seeding the demo organization"
 "$py" tests/seed.py --demo
+"$py" tests/demo/alerts.py setup
 rm -rf "$lake"
 echo
-echo "== guardlake run --output $lake --regions $regions"
+echo "== guardlake run --output $lake --regions $regions --alerts-bus guardlake-demo"
 status=0
-GUARDLAKE_LOG=${GUARDLAKE_LOG:-error} ./target/debug/guardlake run --output "$lake" --regions "$regions" || status=$?
+GUARDLAKE_LOG=${GUARDLAKE_LOG:-error} ./target/debug/guardlake run --output "$lake" --regions "$regions" --alerts-bus guardlake-demo || status=$?
 echo "(exit code $status: 0 all ok, 3 published with some targets failed, as seeded)"
 [ "$status" -eq 0 ] || [ "$status" -eq 3 ] || exit "$status"
+echo "Events on the alerts bus (a first run alerts nothing as new; gaps and the digest):"
+"$py" tests/demo/alerts.py show
+echo
+echo "== Alerts: a new Critical finding arrives, then the next run"
+"$py" tests/demo/alerts.py change
+GUARDLAKE_LOG=${GUARDLAKE_LOG:-error} ./target/debug/guardlake run --output "$lake" --regions "$regions" --alerts-bus guardlake-demo >/dev/null || true
+"$py" tests/demo/alerts.py show
 echo
 echo "== The lake, queried with DuckDB"
 "$py" tests/demo/query.py "$lake"
