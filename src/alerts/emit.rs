@@ -124,14 +124,7 @@ pub async fn deliver(store: &Store, client: &aws_sdk_eventbridge::Client, bus: &
             done.push(key);
         }
     }
-    // Keep the last few delivered outboxes; the rest are history.
-    if done.len() > KEEP_DONE {
-        for key in &done[..done.len() - KEEP_DONE] {
-            if let Err(e) = store.delete(key).await {
-                warn!(key = %store.uri(key), error = %e, "Could not remove a delivered alert outbox.");
-            }
-        }
-    }
+    drop_old(store, &done).await;
     if delivery.sent + delivery.failed + delivery.pending > 0 {
         info!(
             sent = delivery.sent,
@@ -142,6 +135,40 @@ pub async fn deliver(store: &Store, client: &aws_sdk_eventbridge::Client, bus: &
         );
     }
     delivery
+}
+
+/// Keeps the last few outboxes with nothing pending (the newest is what `alerts --dry-run`
+/// reads); `done` is in run order.
+async fn drop_old(store: &Store, done: &[String]) {
+    if done.len() <= KEEP_DONE {
+        return;
+    }
+    for key in &done[..done.len() - KEEP_DONE] {
+        if let Err(e) = store.delete(key).await {
+            warn!(key = %store.uri(key), error = %e, "Could not remove an old alert outbox.");
+        }
+    }
+}
+
+/// With no bus to send to: only the old outboxes go (those with events pending stay, for a bus
+/// configured later).
+pub async fn forget_old(store: &Store) {
+    let Ok(listed) = store.list(outbox::DIR).await else {
+        return;
+    };
+    let mut keys: Vec<String> = listed
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    let mut done = Vec::new();
+    for key in keys {
+        if read(store, &key).await.is_ok_and(|o| o.pending() == 0) {
+            done.push(key);
+        }
+    }
+    drop_old(store, &done).await;
 }
 
 /// Reads an outbox (bounded by the store's read limit) and checks it is one.

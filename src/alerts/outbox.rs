@@ -38,6 +38,8 @@ pub enum Status {
     Sent {
         event_id: String,
     },
+    /// Staged by a run with no bus configured: never sent (`alerts --dry-run` shows it).
+    NotSent,
     /// Given up after repeated failures, or refused for good.
     Failed {
         code: String,

@@ -55,6 +55,12 @@ pub async fn stage(
         outcomes,
         severities: std::mem::take(&mut batch.severities),
     });
+    let mut built = built;
+    if let (Some(outbox), None) = (&mut built, &alerts.bus) {
+        for entry in &mut outbox.entries {
+            entry.status = outbox::Status::NotSent;
+        }
+    }
     if let Some(outbox) = &built {
         tracing::info!(
             candidates = outbox.candidates.len(),
@@ -72,7 +78,10 @@ pub async fn stage(
 /// After the commit: sends every pending outbox to the bus and publishes the delivery's
 /// `runs` row. Never fails the run: a delivery problem is reported and retried next run.
 pub async fn deliver(run: &Run<'_>, lock: &crate::state::lock::RunLock) -> Option<Delivery> {
-    let bus = run.config.alerts.as_ref()?.bus.as_deref()?;
+    let Some(bus) = run.config.alerts.as_ref()?.bus.as_deref() else {
+        emit::forget_old(run.store).await;
+        return None;
+    };
     crash_point(CrashPoint::BeforeAlerts);
     let started = (crate::clock::now_ms(), Instant::now());
     let client = run.aws.events(bus);

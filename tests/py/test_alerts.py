@@ -266,3 +266,21 @@ def test_an_alert_carries_the_cloudtrail_events_behind_its_finding(tmp_path):
     assert linked == [("e-us-api", "ListUsers", "api"), ("e-us-key", "CreateAccessKey", "access_key"),
                       ("e-eu-2", "ListBuckets", "access_key"), ("e-eu-1", "DescribeInstances", "access_key")], linked  # fmt: skip
     assert alert["resource"]["access_key_id"] == KEY and alert["linked_events"][0]["event_time"] == ct_iso(t(40))
+
+
+def test_rules_without_a_bus_stage_alerts_for_the_dry_run_and_send_nothing(tmp_path):
+    [account] = create_org(["quiet"])
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    seed_findings(account, REGION, [finding(account, "old", created=now - timedelta(days=1), updated=now - timedelta(hours=1), severity=5.0)])
+    lake = tmp_path / "lake"
+    options = ("--output", str(lake), "--regions", REGION, "--accounts", account, "--alerts", '[{"name":"any","on":["new"]}]')
+    guardlake("run", *options, check_codes=(0,))
+    seed_findings(account, REGION, [finding(account, "fresh", created=now, updated=now, severity=5.0)])
+    guardlake("run", *options, check_codes=(0,))
+    calls = [r for r in control("GET", "/moto-api/ext/stats")["requests"] if r["operation"] == "PutEvents"]
+    assert calls == [], "no bus, no PutEvents"
+    [outbox] = [json.loads(p.read_text()) for p in sorted((lake / "_state" / "alerts" / "outbox").glob("*.json"))[-1:]]
+    assert {e["status"]["state"] for e in outbox["entries"]} == {"not_sent"}
+    dry = guardlake("alerts", *options, "--dry-run", check_codes=(0,))
+    shown = [json.loads(line)["detail"] for line in dry.stdout.splitlines()]
+    assert [d["finding_id"][:5] for d in shown if "finding_id" in d] == ["fresh"], shown
