@@ -89,19 +89,13 @@ pub fn fitted(entry: &Entry) -> String {
 /// Delivers every outbox's pending events to `bus`, oldest run first.
 pub async fn deliver(store: &Store, client: &aws_sdk_eventbridge::Client, bus: &str) -> Delivery {
     let mut delivery = Delivery::default();
-    let keys = match store.list(outbox::DIR).await {
+    let keys = match outbox_keys(store).await {
         Ok(keys) => keys,
         Err(e) => {
             delivery.error = Some(("OutboxUnreadable".into(), e.to_string()));
             return delivery;
         }
     };
-    let mut keys: Vec<String> = keys
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    keys.sort();
     let mut done = Vec::new();
     for key in keys {
         let mut outbox = match read(store, &key).await {
@@ -137,6 +131,19 @@ pub async fn deliver(store: &Store, client: &aws_sdk_eventbridge::Client, bus: &
     delivery
 }
 
+/// Every outbox's key, oldest run first (run ids are time-ordered UUIDv7).
+pub async fn outbox_keys(store: &Store) -> Result<Vec<String>, crate::sink::store::StoreError> {
+    let mut keys: Vec<String> = store
+        .list(outbox::DIR)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
 /// Keeps the last few outboxes with nothing pending (the newest is what `alerts --dry-run`
 /// reads); `done` is in run order.
 async fn drop_old(store: &Store, done: &[String]) {
@@ -153,15 +160,9 @@ async fn drop_old(store: &Store, done: &[String]) {
 /// With no bus to send to: only the old outboxes go (those with events pending stay, for a bus
 /// configured later).
 pub async fn forget_old(store: &Store) {
-    let Ok(listed) = store.list(outbox::DIR).await else {
+    let Ok(keys) = outbox_keys(store).await else {
         return;
     };
-    let mut keys: Vec<String> = listed
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    keys.sort();
     let mut done = Vec::new();
     for key in keys {
         if read(store, &key).await.is_ok_and(|o| o.pending() == 0) {

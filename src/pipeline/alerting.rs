@@ -129,15 +129,7 @@ pub async fn dry_run(
     config: &crate::config::ValidatedConfig,
     store: &crate::sink::store::Store,
 ) -> Result<Vec<serde_json::Value>, RunError> {
-    let mut keys: Vec<String> = store
-        .list(outbox::DIR)
-        .await
-        .map_err(RunError::from)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    keys.sort();
+    let mut keys = emit::outbox_keys(store).await.map_err(RunError::from)?;
     let Some(last) = keys.pop() else {
         return Ok(Vec::new());
     };
