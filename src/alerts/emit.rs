@@ -197,14 +197,11 @@ async fn send_outbox(
     outbox: &mut Outbox,
     delivery: &mut Delivery,
 ) {
-    let pending: Vec<usize> = (0..outbox.entries.len())
-        .filter(|i| matches!(outbox.entries[*i].status, Status::Pending { .. }))
+    let details: Vec<(usize, String)> = (outbox.entries.iter().enumerate())
+        .filter(|(_, e)| matches!(e.status, Status::Pending { .. }))
+        .map(|(i, e)| (i, fitted(e)))
         .collect();
-    let details: Vec<(usize, String)> = pending
-        .iter()
-        .map(|i| (*i, fitted(&outbox.entries[*i])))
-        .collect();
-    for call in calls(&outbox.entries, &details) {
+    for call in calls(&outbox.entries, details) {
         send_call(client, bus, outbox, &call, delivery).await;
         crate::state::crash_point(crate::state::CrashPoint::MidAlerts);
         save(store, key, outbox).await;
@@ -229,11 +226,11 @@ async fn send_outbox(
 }
 
 /// Groups entries into calls: at most 10 entries, total size under 256 KB.
-fn calls(entries: &[Entry], details: &[(usize, String)]) -> Vec<Vec<(usize, String)>> {
+fn calls(entries: &[Entry], details: Vec<(usize, String)>) -> Vec<Vec<(usize, String)>> {
     let mut calls: Vec<Vec<(usize, String)>> = Vec::new();
     let mut size = 0;
     for (i, detail) in details {
-        let bytes = entry_size(&entries[*i].detail_type, detail);
+        let bytes = entry_size(&entries[i].detail_type, &detail);
         let full = calls
             .last()
             .is_none_or(|c| c.len() >= MAX_ENTRIES || size + bytes >= MAX_REQUEST_BYTES);
@@ -243,7 +240,7 @@ fn calls(entries: &[Entry], details: &[(usize, String)]) -> Vec<Vec<(usize, Stri
         }
         size += bytes;
         if let Some(call) = calls.last_mut() {
-            call.push((*i, detail.clone()));
+            call.push((i, detail));
         }
     }
     calls
@@ -380,7 +377,7 @@ mod tests {
                 )
             })
             .collect();
-        let calls = calls(&entries, &details);
+        let calls = calls(&entries, details);
         for call in &calls {
             assert!(call.len() <= MAX_ENTRIES);
             let size: usize = call

@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 
 use super::rules::{first_match, label, Rule};
 use super::{Candidate, LinkedEvent, COVERAGE_GAP, FINDING_ALERT, RUN_DIGEST};
-use crate::clock::iso;
+use crate::clock::{day_of, iso};
 use crate::discover::AccountFacts;
 use crate::report::TargetOutcome;
 use crate::state::journal::Checkpoint;
+use crate::table::Table;
 
 pub const DIR: &str = "_state/alerts/outbox/";
 pub const GAPS_KEY: &str = "_state/alerts/gaps.json";
@@ -117,25 +118,9 @@ pub fn build(inputs: Inputs<'_>) -> (Option<Outbox>, GapState) {
         severities,
     } = inputs;
     enrich(&mut candidates, linked, facts);
-    let mut entries = Vec::new();
-    let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
-    let mut suppressed = 0u64;
-    for candidate in &candidates {
-        let Some((rule, trigger)) = first_match(rules, candidate) else {
-            continue;
-        };
-        if by_rule.values().sum::<u64>() as usize >= MAX_FINDING_ALERTS {
-            suppressed += 1;
-            continue;
-        }
-        *by_rule.entry(rule.name.clone()).or_default() += 1;
-        entries.push(finding_entry(candidate, &rule.name, trigger, run_id, &lake));
-    }
-    let (state, gap_entries) = new_gaps(run_id, facts, &gaps, &previous_gaps);
-    let new_gaps: usize = gap_entries
-        .iter()
-        .map(|e| e.detail["new_gaps"].as_array().map_or(0, Vec::len))
-        .sum();
+    let matched = finding_entries(rules, &candidates, run_id, &lake);
+    let mut entries = matched.entries;
+    let (state, gap_entries, new_gaps) = new_gaps(run_id, facts, &gaps, &previous_gaps);
     entries.extend(gap_entries);
     let failed: Vec<&TargetOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
     let published: u64 = severities.values().sum();
@@ -144,8 +129,8 @@ pub fn build(inputs: Inputs<'_>) -> (Option<Outbox>, GapState) {
     if published > 0 || new_gaps > 0 {
         let facts = DigestFacts {
             severities: &severities,
-            by_rule: &by_rule,
-            suppressed,
+            by_rule: &matched.by_rule,
+            suppressed: matched.suppressed,
             new_gaps,
             failed: &failed,
         };
@@ -164,20 +149,57 @@ pub fn build(inputs: Inputs<'_>) -> (Option<Outbox>, GapState) {
     (Some(outbox), state)
 }
 
-/// A Coverage Gap event per account × region with gaps it did not have at its last run, and
-/// the gap state after this run.
+/// The finding alerts the rules make of `candidates` (the first rule a candidate matches, at
+/// most [`MAX_FINDING_ALERTS`]), with their count by rule and how many were over the cap.
+pub struct FindingEntries {
+    pub entries: Vec<Entry>,
+    pub by_rule: BTreeMap<String, u64>,
+    pub suppressed: u64,
+}
+
+pub fn finding_entries(
+    rules: &[Rule],
+    candidates: &[Candidate],
+    run_id: &str,
+    lake: &str,
+) -> FindingEntries {
+    let mut matched = FindingEntries {
+        entries: Vec::new(),
+        by_rule: BTreeMap::new(),
+        suppressed: 0,
+    };
+    for candidate in candidates {
+        let Some((rule, trigger)) = first_match(rules, candidate) else {
+            continue;
+        };
+        if matched.entries.len() >= MAX_FINDING_ALERTS {
+            matched.suppressed += 1;
+            continue;
+        }
+        *matched.by_rule.entry(rule.name.clone()).or_default() += 1;
+        matched
+            .entries
+            .push(finding_entry(candidate, &rule.name, trigger, run_id, lake));
+    }
+    matched
+}
+
+/// A Coverage Gap event per account × region with gaps it did not have at its last run, the
+/// gap state after this run, and how many gaps are new.
 fn new_gaps(
     run_id: &str,
     facts: &BTreeMap<String, AccountFacts>,
     gaps: &BTreeMap<(String, String), Vec<String>>,
     previous: &GapState,
-) -> (GapState, Vec<Entry>) {
+) -> (GapState, Vec<Entry>, usize) {
     let mut state = previous.clone();
     let mut entries = Vec::new();
+    let mut count = 0;
     for ((account, region), cell_gaps) in gaps {
         let key = format!("{account}/{region}");
         let before: BTreeSet<&String> = previous.cells.get(&key).into_iter().flatten().collect();
         let fresh: Vec<&String> = cell_gaps.iter().filter(|g| !before.contains(g)).collect();
+        count += fresh.len();
         if !fresh.is_empty() {
             let name = facts.get(account).and_then(|f| f.name.clone());
             let dedup_key = format!("coverage:{account}:{region}:{run_id}");
@@ -202,7 +224,7 @@ fn new_gaps(
             false => state.cells.insert(key, cell_gaps.clone()),
         };
     }
-    (state, entries)
+    (state, entries, count)
 }
 
 /// Account names, OU paths and linked events into the candidates.
@@ -254,10 +276,7 @@ pub fn finding_entry(
     lake: &str,
 ) -> Entry {
     let dedup_key = candidate.dedup_key(trigger);
-    let dt = iso(candidate.updated_at_ms)
-        .get(..10)
-        .unwrap_or_default()
-        .to_owned();
+    let dt = day_of(candidate.updated_at_ms);
     let time = |ms: Option<i64>| ms.map(iso);
     let linked: Vec<Value> = candidate
         .linked_events
@@ -303,7 +322,7 @@ pub fn finding_entry(
         "linked_events": linked,
         "lake": {
             "table": "findings",
-            "location": format!("{}findings/dt={dt}/", lake.trim_end_matches('/').to_owned() + "/"),
+            "location": format!("{}/{}", lake.trim_end_matches('/'), Table::Findings.key(dt, "")),
             "query": format!("SELECT * FROM findings WHERE dt = '{dt}' AND id = '{}' AND updated_at = from_iso8601_timestamp('{}')",
                 candidate.finding_id.replace('\'', "''"), iso(candidate.updated_at_ms)),
         },

@@ -42,7 +42,7 @@ pub async fn stage(
         },
         Err(e) => return Err(RunError::from(e)),
     };
-    let (built, state) = outbox::build(Inputs {
+    let (mut built, state) = outbox::build(Inputs {
         run_id: run.run_id,
         run_start_ms: run.run_start_ms,
         lake: run.store.uri(""),
@@ -55,7 +55,6 @@ pub async fn stage(
         outcomes,
         severities: std::mem::take(&mut batch.severities),
     });
-    let mut built = built;
     if let (Some(outbox), None) = (&mut built, &alerts.bus) {
         for entry in &mut outbox.entries {
             entry.status = outbox::Status::NotSent;
@@ -139,22 +138,15 @@ pub async fn dry_run(
         None => crate::alerts::rules::validate(&crate::alerts::rules::defaults())
             .map_err(RunError::Publish)?,
     };
-    let findings = outbox.candidates.iter().filter_map(|c| {
-        let (rule, trigger) = crate::alerts::rules::first_match(&rules, c)?;
-        Some(outbox::finding_entry(
-            c,
-            &rule.name,
-            trigger,
-            &outbox.run_id,
-            &outbox.lake,
-        ))
-    });
+    let findings =
+        outbox::finding_entries(&rules, &outbox.candidates, &outbox.run_id, &outbox.lake).entries;
     let others = outbox
         .entries
         .iter()
         .filter(|e| e.detail_type != crate::alerts::FINDING_ALERT)
         .cloned();
     Ok(findings
+        .into_iter()
         .chain(others)
         .map(|entry| {
             let detail: serde_json::Value =
