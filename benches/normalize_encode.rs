@@ -1,18 +1,24 @@
-//! `make bench`: normalize + Parquet encode throughput on 100k+ findings, and peak RSS.
+//! `make bench`: findings/s of the product's CPU path on 100k+ findings, at 1 and 2 threads,
+//! and peak RSS.
 //!
 //! Findings arrive as GetFindings pages would (JSON text, 50 per page), built from the
 //! fixtures with varied ids, accounts, regions and timestamps; building them is not timed.
-//! Timed: split the page into findings, parse, normalize, buffer, sort, encode (zstd), close.
+//! Timed: split each page into findings, normalize each in one pass over its text, check it for
+//! drift (`sources::guardduty::read_page`, as a run does), buffer, sort, encode (zstd), close.
 //! Usage: cargo bench --bench normalize_encode -- [--findings N] [--out FILE]
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use guardlake::config::DEFAULT_FLUSH_BYTES;
-use guardlake::normalize::guardduty::{normalize, RunStamp};
-use guardlake::sink::parquet::FindingsWriter;
-use guardlake::sources::guardduty::split_findings;
+use guardlake::normalize::drift::check_text;
+use guardlake::normalize::finding_text::normalize_str;
+use guardlake::normalize::guardduty::{FindingVersion, RunStamp};
+use guardlake::sink::parquet::{FindingsWriter, StagedFile};
+use guardlake::sources::guardduty::{read_page, split_findings};
 
 mod common;
 
@@ -41,19 +47,10 @@ fn main() {
     let regions = ["us-east-1", "eu-west-1", "ap-southeast-2", "us-west-2"];
     let base_ms = 1_764_000_000_000_i64;
 
-    let work = std::env::temp_dir().join(format!("guardlake-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).unwrap();
-    let stamp = RunStamp {
-        run_id: "bench".into(),
-        collected_at_ms: base_ms,
-    };
-    let mut writer = FindingsWriter::new(work.clone(), stamp, DEFAULT_FLUSH_BYTES, 128 << 20);
-    let rss_before = common::peak_rss_kib();
-    let mut timed = Duration::ZERO;
-    let mut raw_bytes = 0usize;
-    let mut written = 0usize;
+    // Build the GetFindings pages (not timed): held in memory, so they count in the RSS
+    // before the pipeline.
+    let mut pages = Vec::with_capacity(total.div_ceil(50));
     for page_start in (0..total).step_by(50) {
-        // Build one GetFindings page (not timed).
         let mut page = Vec::with_capacity(50);
         for n in page_start..(page_start + 50).min(total) {
             let mut finding = templates[n % templates.len()].clone();
@@ -69,51 +66,83 @@ fn main() {
             finding["service"]["count"] = (n % 1000).into();
             page.push(finding);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "findings": page })).unwrap();
-        raw_bytes += body.len();
-
-        let started = Instant::now();
-        for finding in split_findings(&body).unwrap() {
-            let value = finding.value.unwrap();
-            let row = normalize(&value, finding.raw).unwrap();
-            writer.push(row).unwrap();
-            written += 1;
-        }
-        timed += started.elapsed();
+        pages.push(serde_json::to_vec(&serde_json::json!({ "findings": page })).unwrap());
     }
-    let started = Instant::now();
-    let files = writer.finish().unwrap();
-    timed += started.elapsed();
-    let parquet_bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let rows: usize = files.iter().map(|f| f.rows).sum();
-    assert_eq!(rows, written, "every finding encoded once");
-    std::fs::remove_dir_all(&work).ok();
+    let raw_bytes: usize = pages.iter().map(Vec::len).sum();
+    let rss_before = common::peak_rss_kib();
 
-    let rate = written as f64 / timed.as_secs_f64();
-    let report = format!(
-        "guardlake bench: normalize + encode\n\
-         findings:          {written}\n\
-         input JSON:        {:.1} MiB\n\
-         parquet written:   {:.1} MiB in {} files ({} dt partitions)\n\
-         time (timed part): {:.2} s\n\
-         throughput:        {rate:.0} findings/s\n\
-         peak RSS:          {:.1} MiB (before the pipeline: {:.1} MiB)\n\
-         flush_bytes:       32 MiB, target_file_bytes: 128 MiB\n",
+    let mut report = format!(
+        "guardlake bench: GetFindings pages → split, normalize (one pass over the text), drift check, \
+         sort, Parquet encode (zstd), as `guardlake run` does\n\
+         findings:          {total} in {} pages, {:.1} MiB of JSON (held in memory: RSS before the pipeline {:.1} MiB)\n\
+         flush_bytes:       {} MiB, target_file_bytes: 128 MiB\n",
+        pages.len(),
         raw_bytes as f64 / f64::from(1 << 20),
-        parquet_bytes as f64 / f64::from(1 << 20),
-        files.len(),
-        files
-            .iter()
-            .map(|f| f.dt)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        timed.as_secs_f64(),
-        common::peak_rss_kib() as f64 / 1024.0,
         rss_before as f64 / 1024.0,
+        DEFAULT_FLUSH_BYTES >> 20,
     );
+    // Stage rates on one thread: what the reading costs before anything is encoded.
+    let stage = |f: &dyn Fn(&[u8]) -> usize| {
+        let started = Instant::now();
+        let n: usize = pages.iter().map(|p| f(p)).sum();
+        assert_eq!(n, total);
+        total as f64 / started.elapsed().as_secs_f64()
+    };
+    let split = stage(&|p| split_findings(p).unwrap().len());
+    let normalized = stage(&|p| {
+        split_findings(p)
+            .unwrap()
+            .iter()
+            .map(|f| normalize_str(&f.raw).map(|_| 1).unwrap())
+            .sum()
+    });
+    let drift = stage(&|p| {
+        split_findings(p)
+            .unwrap()
+            .iter()
+            .map(|f| usize::from(check_text(&f.raw).is_empty()))
+            .sum()
+    });
+    report += &format!(
+        "stages (1 thread): split {split:.0} findings/s; split + normalize {normalized:.0}/s; split + drift check {drift:.0}/s\n"
+    );
+    for threads in [1, 2] {
+        common::reset_peak_rss();
+        let work =
+            std::env::temp_dir().join(format!("guardlake-bench-{}-{threads}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        let stamp = RunStamp {
+            run_id: "bench".into(),
+            collected_at_ms: base_ms,
+        };
+        let writer = FindingsWriter::new(work.clone(), stamp, DEFAULT_FLUSH_BYTES, 128 << 20);
+        let started = Instant::now();
+        let files = if threads == 1 {
+            one_thread(&pages, writer)
+        } else {
+            workers(&pages, writer, threads)
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let parquet_bytes: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let rows: usize = files.iter().map(|f| f.rows).sum();
+        assert_eq!(rows, total, "every finding encoded once");
+        std::fs::remove_dir_all(&work).ok();
+        let shape = if threads == 1 {
+            "one thread does everything".to_owned()
+        } else {
+            format!("{threads} threads read pages, one writer thread encodes")
+        };
+        report += &format!(
+            "{threads} thread(s):       {:.0} findings/s ({seconds:.2} s; {shape}); {:.1} MiB Parquet in {} files; peak RSS {:.1} MiB\n",
+            total as f64 / seconds,
+            parquet_bytes as f64 / f64::from(1 << 20),
+            files.len(),
+            common::peak_rss_kib() as f64 / 1024.0,
+        );
+    }
     print!("{report}");
     if !benchmarking {
         return;
@@ -124,4 +153,49 @@ fn main() {
     let mut file = std::fs::File::create(&out).unwrap();
     file.write_all(report.as_bytes()).unwrap();
     println!("written to {out}");
+}
+
+/// One page as the product reads it: split, then each finding normalized and checked for drift.
+fn rows(page: &[u8]) -> impl Iterator<Item = FindingVersion> {
+    read_page(split_findings(page).unwrap())
+        .into_iter()
+        .map(|read| FindingVersion {
+            raw: read.finding.raw,
+            ..read.row.unwrap()
+        })
+}
+
+fn one_thread(pages: &[Vec<u8>], mut writer: FindingsWriter) -> Vec<StagedFile> {
+    for page in pages {
+        for row in rows(page) {
+            writer.push(row).unwrap();
+        }
+    }
+    writer.finish().unwrap()
+}
+
+/// `threads` readers take pages in turn and send rows to one writer thread, as a run's chains
+/// send theirs to the table's writer.
+fn workers(pages: &[Vec<u8>], mut writer: FindingsWriter, threads: usize) -> Vec<StagedFile> {
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::sync_channel::<FindingVersion>(1024);
+    std::thread::scope(|scope| {
+        let encoder = scope.spawn(move || {
+            for row in rx {
+                writer.push(row).unwrap();
+            }
+            writer.finish().unwrap()
+        });
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                while let Some(page) = pages.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    rows(page).for_each(|row| tx.send(row).unwrap());
+                }
+            });
+        }
+        drop(tx);
+        encoder.join().unwrap()
+    })
 }

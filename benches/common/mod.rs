@@ -12,6 +12,12 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts the peak RSS (VmHWM) over from the current RSS, where Linux allows it.
+#[allow(dead_code)] // Not every benchmark measures phases.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// The value after `--name` on the command line.
 pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()

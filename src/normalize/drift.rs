@@ -3,7 +3,7 @@
 //! known finding, resource and action types (`schemas/guardduty/known_types.json`). What does not
 //! match is counted per finding type and path; the finding itself is still written whole.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -231,6 +231,323 @@ pub fn check(finding: &Value) -> Vec<Drift> {
     out
 }
 
+/// Every difference between a finding's JSON text and the known shape and types, read in one
+/// pass over the text against the compiled shape (no tree of values; a member's value is read
+/// whole only to show a difference). The same rules as [`check`], except that a repeated
+/// member is checked each time it appears. Text that is not JSON has no differences (it is
+/// quarantined elsewhere).
+pub fn check_text(raw: &str) -> Vec<Drift> {
+    let shape = shape();
+    let mut out = Vec::new();
+    let mut path = String::new();
+    let walk = text_walk::Walk {
+        shape,
+        node: shape.root,
+        path: &mut path,
+        out: &mut out,
+    };
+    let mut reader = serde_json::Deserializer::from_str(raw);
+    match serde::de::DeserializeSeed::deserialize(walk, &mut reader).and_then(|()| reader.end()) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The finding type, resource type and action type a walk compares with the known lists.
+const NAMED_TYPES: [(&str, DriftKind); 3] = [
+    ("type", DriftKind::NewFindingType),
+    ("resource.resourceType", DriftKind::NewResourceType),
+    ("service.action.actionType", DriftKind::NewActionType),
+];
+
+fn new_type(path: &str, text: &str) -> Option<Drift> {
+    let known = known();
+    let (_, kind) = NAMED_TYPES.iter().find(|(p, _)| *p == path)?;
+    let set = match kind {
+        DriftKind::NewFindingType => &known.finding_types,
+        DriftKind::NewResourceType => &known.resource_types,
+        _ => &known.action_types,
+    };
+    (!set.contains(text)).then(|| Drift {
+        path: path.to_owned(),
+        kind: *kind,
+        example: example(&Value::String(text.to_owned())),
+    })
+}
+
+/// The known shape compiled for the text walk: `$ref`s resolved once, members in hash maps.
+struct Shape {
+    nodes: Vec<ShapeNode>,
+    root: usize,
+}
+
+#[derive(Default)]
+struct ShapeNode {
+    /// The schema's `type`, when it names one.
+    expected: Option<String>,
+    properties: Option<foldhash::HashMap<String, usize>>,
+    /// The shape of members not in `properties` (a map's values), when it is an object.
+    additional: Option<usize>,
+    items: Option<usize>,
+}
+
+fn shape() -> &'static Shape {
+    static SHAPE: OnceLock<Shape> = OnceLock::new();
+    SHAPE.get_or_init(|| {
+        let root = &known().schema;
+        let mut shape = Shape {
+            nodes: Vec::new(),
+            root: 0,
+        };
+        let mut defs = HashMap::new();
+        shape.root = compile(root, root, &mut shape.nodes, &mut defs);
+        shape
+    })
+}
+
+/// Compiles a schema node (and what it refers to) into `nodes`; a `$defs` entry once, so a
+/// recursive shape is a cycle of ids.
+fn compile(
+    root: &Value,
+    node: &Value,
+    nodes: &mut Vec<ShapeNode>,
+    defs: &mut HashMap<String, usize>,
+) -> usize {
+    let name = node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .filter(|name| root["$defs"].get(*name).is_some());
+    if let Some(id) = name.and_then(|name| defs.get(name)) {
+        return *id;
+    }
+    let id = nodes.len();
+    nodes.push(ShapeNode::default());
+    if let Some(name) = name {
+        defs.insert(name.to_owned(), id);
+    }
+    let node = resolve(root, node);
+    let properties = node.get("properties").and_then(Value::as_object).map(|p| {
+        p.iter()
+            .map(|(member, schema)| (member.clone(), compile(root, schema, nodes, defs)))
+            .collect()
+    });
+    let additional = node
+        .get("additionalProperties")
+        .filter(|a| a.is_object())
+        .map(|a| compile(root, a, nodes, defs));
+    let items = node.get("items").map(|i| compile(root, i, nodes, defs));
+    nodes[id] = ShapeNode {
+        expected: node.get("type").and_then(Value::as_str).map(str::to_owned),
+        properties,
+        additional,
+        items,
+    };
+    id
+}
+
+/// [`check_text`]'s walk: where the reader is in the shape, as a `DeserializeSeed`. The path
+/// is one buffer, grown for a member and cut back after it.
+mod text_walk {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    use serde_json::Value;
+
+    use super::{example, new_type, type_matches, Drift, DriftKind, Shape, OPEN_MAPS};
+
+    pub(super) struct Walk<'s, 'o> {
+        pub shape: &'s Shape,
+        pub node: usize,
+        pub path: &'o mut String,
+        pub out: &'o mut Vec<Drift>,
+    }
+
+    /// A member name, borrowed from the text unless it has escapes.
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    impl Walk<'_, '_> {
+        fn expected(&self) -> Option<&str> {
+            self.shape.nodes[self.node].expected.as_deref()
+        }
+
+        /// A scalar: a wrong type is a difference; a named type is compared with its list.
+        fn scalar(self, value: Value) {
+            if self.expected().is_some_and(|e| !type_matches(e, &value)) {
+                return self.wrong_type(value);
+            }
+            if let Value::String(text) = &value {
+                self.out.extend(new_type(self.path, text));
+            }
+        }
+
+        fn wrong_type(self, value: Value) {
+            self.out.push(Drift {
+                path: self.path.clone(),
+                kind: DriftKind::WrongType,
+                example: example(&value),
+            });
+        }
+
+        /// The walk of a member at `node`, `suffix` added to the path meanwhile.
+        fn child<'de, A: MapAccess<'de>>(
+            &mut self,
+            map: &mut A,
+            node: usize,
+            suffix: [&str; 2],
+        ) -> Result<(), A::Error> {
+            let at = self.path.len();
+            suffix.iter().for_each(|part| self.path.push_str(part));
+            let walk = Walk {
+                shape: self.shape,
+                node,
+                path: &mut *self.path,
+                out: &mut *self.out,
+            };
+            let done = map.next_value_seed(walk);
+            self.path.truncate(at);
+            done
+        }
+
+        fn member_path(&self, name: &str) -> String {
+            if self.path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{}.{name}", self.path)
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            if OPEN_MAPS.contains(&self.path.as_str()) {
+                IgnoredAny::deserialize(d)?;
+                return Ok(());
+            }
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(()) // The API omits members without a value; a null carries no shape.
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+            self.scalar(Value::Bool(v));
+            Ok(())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+            self.scalar(Value::from(v));
+            Ok(())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+            self.scalar(Value::from(v));
+            Ok(())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+            self.scalar(Value::from(v));
+            Ok(())
+        }
+        fn visit_str<E>(self, v: &str) -> Result<(), E> {
+            // Only a named type or a wrong type needs the text; most strings need nothing.
+            match self.expected() {
+                Some("string") | None => self.out.extend(new_type(self.path, v)),
+                Some(_) => self.scalar(Value::String(v.to_owned())),
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            if self.expected().is_some_and(|e| e != "array") {
+                let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                self.wrong_type(value);
+                return Ok(());
+            }
+            let Some(items) = self.shape.nodes[self.node].items else {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(());
+            };
+            let at = self.path.len();
+            self.path.push_str("[]");
+            let done = loop {
+                let walk = Walk {
+                    shape: self.shape,
+                    node: items,
+                    path: &mut *self.path,
+                    out: &mut *self.out,
+                };
+                match seq.next_element_seed(walk) {
+                    Ok(Some(())) => continue,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            self.path.truncate(at);
+            done
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            if self.expected().is_some_and(|e| e != "object") {
+                let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                self.wrong_type(value);
+                return Ok(());
+            }
+            let node = &self.shape.nodes[self.node];
+            let (properties, additional) = (node.properties.as_ref(), node.additional);
+            while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
+                match (properties.and_then(|p| p.get(name.as_ref())), additional) {
+                    (Some(&child), _) => {
+                        let dot = if self.path.is_empty() { "" } else { "." };
+                        self.child(&mut map, child, [dot, &name])?;
+                    }
+                    (None, Some(child)) => self.child(&mut map, child, [".{}", ""])?,
+                    (None, None) if properties.is_some() => {
+                        let member: &RawValue = map.next_value()?;
+                        if member.get() != "null" {
+                            let value: Value =
+                                serde_json::from_str(member.get()).unwrap_or(Value::Null);
+                            self.out.push(Drift {
+                                path: self.member_path(&name),
+                                kind: DriftKind::UnknownPath,
+                                example: example(&value),
+                            });
+                        }
+                    }
+                    (None, None) => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 /// (finding type, path, kind): what a drift entry is about.
 pub type DriftKey = (String, String, DriftKind);
 
@@ -296,13 +613,22 @@ impl DriftLog {
     }
 
     pub fn record(&mut self, finding: &Value, account_id: &str, region: &str, now_ms: i64) {
-        let finding_type = finding
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let mut found = check(finding);
+        let finding_type = finding.get("type").and_then(Value::as_str).unwrap_or("");
+        self.record_found(check(finding), finding_type, account_id, region, now_ms);
+    }
+
+    /// Records the differences of one finding of type `finding_type` ([`check`] or
+    /// [`check_text`]); past [`MAX_DRIFT_PER_FINDING`], the first in path order are kept.
+    pub fn record_found(
+        &mut self,
+        mut found: Vec<Drift>,
+        finding_type: &str,
+        account_id: &str,
+        region: &str,
+        now_ms: i64,
+    ) {
         if found.len() > MAX_DRIFT_PER_FINDING {
+            found.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
             let total = found.len();
             found.truncate(MAX_DRIFT_PER_FINDING);
             found.push(Drift {
@@ -314,7 +640,7 @@ impl DriftLog {
             });
         }
         for drift in found {
-            let key = (finding_type.clone(), drift.path, drift.kind);
+            let key = (finding_type.to_owned(), drift.path, drift.kind);
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.count += 1;
             } else if self.entries.len() >= MAX_DRIFT_ENTRIES {
@@ -345,6 +671,17 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
+    /// The differences of a finding, read both ways (value and text), which must agree.
+    fn both(finding: &Value) -> Vec<Drift> {
+        let sorted = |mut found: Vec<Drift>| {
+            found.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+            found
+        };
+        let from_value = sorted(check(finding));
+        assert_eq!(sorted(check_text(&finding.to_string())), from_value);
+        from_value
+    }
+
     #[test]
     fn every_example_matches_the_known_shape() {
         let dir =
@@ -353,7 +690,7 @@ mod tests {
             let path = entry.unwrap().path();
             let finding: Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            assert_eq!(check(&finding), vec![], "{}", path.display());
+            assert_eq!(both(&finding), vec![], "{}", path.display());
         }
     }
 
@@ -367,7 +704,7 @@ mod tests {
         finding["type"] = "Impact:EC2/NeverSeen".into();
         finding["resource"]["instanceDetails"]["tags"] =
             serde_json::json!([{"key": "k", "value": "v", "extra": "x".repeat(400)}]);
-        let drift = check(&finding);
+        let drift = both(&finding);
         let kinds: Vec<(String, &str)> = drift
             .iter()
             .map(|d| (d.path.clone(), d.kind.as_str()))
@@ -405,9 +742,9 @@ mod tests {
         finding["service"]["additionalInfo"] =
             serde_json::json!({"sample": true, "threatListName": "x", "unusual": {"a": [1]}});
         finding["service"]["brandNewButNull"] = Value::Null;
-        assert_eq!(check(&finding), vec![]);
+        assert_eq!(both(&finding), vec![]);
         finding["service"]["brandNew"] = 1.into();
-        assert_eq!(check(&finding).len(), 1);
+        assert_eq!(both(&finding).len(), 1);
     }
 
     #[test]

@@ -166,11 +166,12 @@ fn remote_ip_details(action: &Value) -> Option<&Value> {
         &["rdsLoginAttemptAction", "remoteIpDetails"],
     ]
     .iter()
-    .find_map(|members| path(action, members))
+    .find_map(|members| path(action, members).filter(|v| !v.is_null()))
     .or_else(|| {
         path(action, &["portProbeAction", "portProbeDetails"])?
             .get(0)?
             .get("remoteIpDetails")
+            .filter(|v| !v.is_null())
     })
 }
 
@@ -210,6 +211,19 @@ fn sample_flag(additional_info: Option<&Value>) -> bool {
         .unwrap_or(false)
 }
 
+/// The threat purpose and the resource type affected, from a finding type of the form
+/// `ThreatPurpose:ResourceTypeAffected/ThreatFamilyName.DetectionMechanism!Artifact`.
+pub(super) fn type_parts(finding_type: &str) -> (Option<String>, Option<String>) {
+    match finding_type.split_once(':') {
+        Some((purpose, rest)) => (
+            Some(purpose.to_owned()),
+            rest.split_once('/')
+                .map(|(affected, _)| affected.to_owned()),
+        ),
+        None => (None, None),
+    }
+}
+
 /// Normalizes one finding as received. `raw` is the exact JSON text it came in.
 pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed> {
     if !value.is_object() {
@@ -226,15 +240,7 @@ pub fn normalize(value: &Value, raw: String) -> Result<FindingVersion, Malformed
     let created_at_ms = required_time(value, "createdAt")?;
     let updated_at_ms = required_time(value, "updatedAt")?;
 
-    // Type format: ThreatPurpose:ResourceTypeAffected/ThreatFamilyName.DetectionMechanism!Artifact
-    let (threat_purpose, resource_type_affected) = match finding_type.split_once(':') {
-        Some((purpose, rest)) => (
-            Some(purpose.to_owned()),
-            rest.split_once('/')
-                .map(|(affected, _)| affected.to_owned()),
-        ),
-        None => (None, None),
-    };
+    let (threat_purpose, resource_type_affected) = type_parts(&finding_type);
 
     let empty = Value::Null;
     let resource = value.get("resource").unwrap_or(&empty);

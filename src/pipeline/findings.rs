@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::Value;
 use tracing::{info, info_span, warn};
 
 use super::canary::{self, CanaryState};
@@ -21,15 +20,17 @@ use crate::alerts::rules::label;
 use crate::alerts::Candidate;
 use crate::clock::{day_of, iso, now_ms};
 use crate::config::Mode;
+use crate::cpu;
 use crate::error::{TargetFailure, TargetStatus};
 use crate::normalize::drift::DriftLog;
-use crate::normalize::guardduty::{normalize, FindingVersion, RunStamp};
+use crate::normalize::finding_text::Unreadable;
+use crate::normalize::guardduty::{FindingVersion, RunStamp};
 use crate::report::TargetOutcome;
 use crate::sink::parquet::FindingsWriter;
 use crate::sink::spill::Spill;
 use crate::sink::store::Tag;
 use crate::sources::cloudtrail::Correlation;
-use crate::sources::guardduty::{self as gd, RawFinding, Window};
+use crate::sources::guardduty::{self as gd, ReadFinding, Window};
 use crate::state::journal::Checkpoint;
 use crate::state::{self, crash_point, CrashPoint, Watermark};
 use crate::table::{SourceName, Table};
@@ -342,8 +343,8 @@ impl<'a> Findings<'a> {
         detector.readable()?;
         let mut pages = gd::Pages::new(&client, &detector.id, window);
         while let Some(page) = pages.next().await? {
-            for finding in page {
-                self.take(chain, finding, tally).await?;
+            for read in cpu::run(move || gd::read_page(page)).await {
+                self.take(chain, read, tally).await?;
             }
             crash_point(CrashPoint::MidPage);
         }
@@ -522,26 +523,28 @@ impl<'a> Findings<'a> {
     async fn take(
         &self,
         chain: &Chain,
-        finding: RawFinding,
+        read: ReadFinding,
         tally: &mut Tally,
     ) -> Result<(), TargetFailure> {
-        let value = match &finding.value {
-            Ok(value) => value,
-            Err(reason) => {
-                return self.reject(chain, &chain.account_id, None, reason, &finding, tally)
-            }
-        };
-        let id = value.get("id").and_then(Value::as_str);
-        let account_id = value.get("accountId").and_then(Value::as_str).unwrap_or("");
-        let owner = match self.owner(chain, value, account_id) {
-            Ownership::Ours => account_id,
+        let ReadFinding {
+            finding,
+            row,
+            who,
+            drift,
+        } = read;
+        if let Err(Unreadable::NotJson(reason) | Unreadable::Unusable(reason)) = &row {
+            return self.reject(chain, &chain.account_id, None, reason, &finding, tally);
+        }
+        let id = who.id.as_deref();
+        let owner = match self.owner(chain, who.region.as_deref(), &who.account_id) {
+            Ownership::Ours => who.account_id.as_str(),
             Ownership::OtherTarget => {
                 tally.passed_over += 1;
                 return Ok(());
             }
             Ownership::Wrong { owner, reason } => {
                 let owner = if owner {
-                    account_id
+                    who.account_id.as_str()
                 } else {
                     chain.account_id.as_str()
                 };
@@ -549,14 +552,12 @@ impl<'a> Findings<'a> {
                 return self.reject(chain, owner, id, &reason, &finding, tally);
             }
         };
-        self.drift.lock().unwrap_or_else(|p| p.into_inner()).record(
-            value,
-            owner,
-            &chain.region,
-            now_ms(),
-        );
+        self.drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_found(drift, &who.finding_type, owner, &chain.region, now_ms());
         // The text joins the row only once it is good: a bad one is quarantined as received.
-        let mut row = match normalize(value, String::new()) {
+        let mut row = match row {
             Ok(row) => row,
             Err(reason) => {
                 let reason = reason.to_string();
@@ -603,7 +604,7 @@ impl<'a> Findings<'a> {
     /// Whether a finding belongs to this chain. A delegated administrator's detector also
     /// lists its members' findings: in member mode those belong to the members' own chains,
     /// and in delegated-admin mode only the accounts this run covers count.
-    fn owner(&self, chain: &Chain, value: &Value, account_id: &str) -> Ownership {
+    fn owner(&self, chain: &Chain, region: Option<&str>, account_id: &str) -> Ownership {
         let covered = match &chain.members {
             Some(members) => members.contains(account_id),
             None => account_id == chain.account_id,
@@ -618,7 +619,7 @@ impl<'a> Findings<'a> {
                 reason,
             };
         }
-        match value.get("region").and_then(Value::as_str) {
+        match region {
             Some(region) if region == chain.region => Ownership::Ours,
             region => Ownership::Wrong {
                 owner: true,
@@ -637,7 +638,7 @@ impl<'a> Findings<'a> {
         owner: &str,
         finding_id: Option<&str>,
         reason: &str,
-        finding: &RawFinding,
+        finding: &gd::RawFinding,
         tally: &mut Tally,
     ) -> Result<(), TargetFailure> {
         let entry = tally.counts.entry(owner.to_owned()).or_default();

@@ -23,6 +23,10 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::normalize::drift::{check_text, Drift};
+use crate::normalize::finding_text::{normalize_str, Unreadable};
+use crate::normalize::guardduty::FindingVersion;
 use tracing::warn;
 
 use crate::error::{classify, TargetFailure, TargetStatus};
@@ -54,19 +58,98 @@ pub struct RawFinding {
     pub raw_bytes: usize,
     /// The id asked for, when a finding was fetched alone.
     pub requested_id: Option<String>,
-    pub value: Result<serde_json::Value, String>,
+    /// Why the finding cannot be read at all (over the size limit, not UTF-8); whether its text
+    /// is JSON is judged when it is normalized.
+    pub problem: Option<String>,
+}
+
+/// A finding read off the async runtime ([`read_page`]): its row or why it has none, the
+/// members its owner is judged by, and how it differs from the known shape.
+#[derive(Debug)]
+pub struct ReadFinding {
+    pub finding: RawFinding,
+    pub row: Result<FindingVersion, Unreadable>,
+    /// `id`, `accountId`, `region` and `type` as strings ("" when absent or not a string).
+    pub who: Who,
+    pub drift: Vec<Drift>,
+}
+
+/// The members a finding names its owner and type with.
+#[derive(Debug, Default)]
+pub struct Who {
+    pub id: Option<String>,
+    pub account_id: String,
+    pub region: Option<String>,
+    pub finding_type: String,
+}
+
+impl Who {
+    fn of_row(row: &FindingVersion) -> Self {
+        Self {
+            id: Some(row.id.clone()),
+            account_id: row.account_id.clone(),
+            region: Some(row.region.clone()),
+            finding_type: row.finding_type.clone(),
+        }
+    }
+
+    /// From the text of a finding that did not normalize (rare: read as a value).
+    fn of_text(raw: &str) -> Self {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
+            return Self::default();
+        };
+        let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        Self {
+            id: text("id"),
+            account_id: text("accountId").unwrap_or_default(),
+            region: text("region"),
+            finding_type: text("type").unwrap_or_default(),
+        }
+    }
+}
+
+/// Reads a page of findings: normalizes each (one pass over its text) and compares it with the
+/// known shape. CPU work: callers run it with [`crate::cpu::run`].
+pub fn read_page(page: Vec<RawFinding>) -> Vec<ReadFinding> {
+    page.into_iter().map(read_finding).collect()
+}
+
+fn read_finding(finding: RawFinding) -> ReadFinding {
+    if let Some(problem) = &finding.problem {
+        return ReadFinding {
+            row: Err(Unreadable::Unusable(problem.clone())),
+            who: Who::default(),
+            drift: Vec::new(),
+            finding,
+        };
+    }
+    let row = normalize_str(&finding.raw);
+    let who = match &row {
+        Ok(row) => Who::of_row(row),
+        Err(_) => Who::of_text(&finding.raw),
+    };
+    let drift = match &row {
+        Err(Unreadable::NotJson(_) | Unreadable::Unusable(_)) => Vec::new(),
+        _ => check_text(&finding.raw),
+    };
+    ReadFinding {
+        finding,
+        row,
+        who,
+        drift,
+    }
 }
 
 impl RawFinding {
-    /// A finding from its bytes as they sit in the body: over the size limit, not UTF-8 or not
-    /// JSON, it carries the reason instead of a value.
+    /// A finding from its bytes as they sit in the body: over the size limit or not UTF-8, it
+    /// carries the reason as its problem.
     fn from_bytes(bytes: &[u8]) -> Self {
         if bytes.len() > MAX_FINDING_BYTES {
             return Self {
                 raw: String::new(),
                 raw_bytes: bytes.len(),
                 requested_id: None,
-                value: Err(format!(
+                problem: Some(format!(
                     "the finding is {} bytes, over the limit of 1 MiB (MAX_FINDING_BYTES); its text was not kept",
                     bytes.len()
                 )),
@@ -77,13 +160,13 @@ impl RawFinding {
                 raw: text.to_owned(),
                 raw_bytes: bytes.len(),
                 requested_id: None,
-                value: serde_json::from_str(text).map_err(|e| e.to_string()),
+                problem: None,
             },
             Err(e) => Self {
                 raw: String::from_utf8_lossy(bytes).into_owned(),
                 raw_bytes: bytes.len(),
                 requested_id: None,
-                value: Err(format!(
+                problem: Some(format!(
                     "not UTF-8 at byte {} (kept with U+FFFD for the bad bytes)",
                     e.valid_up_to()
                 )),
@@ -496,7 +579,7 @@ fn oversized(id: &str, length: u64) -> RawFinding {
         raw: String::new(),
         raw_bytes: length as usize,
         requested_id: Some(id.to_owned()),
-        value: Err(format!(
+        problem: Some(format!(
             "GetFindings answered {length} bytes for this finding alone, over the limit of 16 MiB (MAX_BODY_BYTES); it was not read"
         )),
     }
@@ -653,20 +736,23 @@ mod tests {
         let findings = split_findings(&body).unwrap();
         assert_eq!(findings.len(), 3);
         assert_eq!(findings[0].raw, r#"{"id":"a","t":"[x]\"}"}"#);
-        assert_eq!(findings[0].value.as_ref().unwrap()["t"], "[x]\"}");
+        assert!(findings[0].problem.is_none());
         assert!(findings[1]
-            .value
+            .problem
             .as_ref()
-            .unwrap_err()
+            .unwrap()
             .contains("not UTF-8 at byte 17"));
         assert_eq!(findings[1].raw_bytes, 21);
-        assert_eq!(findings[2].value.as_ref().unwrap()["n"][1]["d"], 2);
+        assert_eq!(findings[2].raw, r#"{"id":"c","n":[1,{"d":2}]}"#);
         // A raw NUL in valid UTF-8: the finding is not JSON, its text is kept exactly.
         let nul = b"{\"findings\":[{\"id\":\"x\x00\"},{\"id\":\"y\"}]}";
         let findings = split_findings(nul).unwrap();
-        assert!(findings[0].value.is_err());
+        assert!(matches!(
+            crate::normalize::finding_text::normalize_str(&findings[0].raw),
+            Err(crate::normalize::finding_text::Unreadable::NotJson(_))
+        ));
         assert_eq!(findings[0].raw, "{\"id\":\"x\u{0}\"}");
-        assert!(findings[1].value.is_ok());
+        assert_eq!(findings[1].raw, r#"{"id":"y"}"#);
         assert!(
             split_findings(br#"{"findings":[{"id":"a"}"#).is_err(),
             "unbalanced"
@@ -683,10 +769,10 @@ mod tests {
         assert!(findings[0].raw.is_empty());
         assert!(findings[0].raw_bytes > MAX_FINDING_BYTES);
         assert!(findings[0]
-            .value
+            .problem
             .as_ref()
-            .unwrap_err()
+            .unwrap()
             .contains("MAX_FINDING_BYTES"));
-        assert!(findings[1].value.is_ok());
+        assert!(findings[1].problem.is_none());
     }
 }
