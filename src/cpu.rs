@@ -24,26 +24,6 @@ pub fn threads() -> usize {
     })
 }
 
-/// Sets up glibc's allocator for a process that streams large buffers (row batches, Arrow
-/// columns, decoded objects) through a few threads; called once, before any thread starts.
-/// Blocks of 1 MiB and more are always mapped and given back to the system when freed (by
-/// default glibc raises that bar each time such a block is freed, so freed batches stay
-/// resident), and there are at most `threads` arenas (at least 2) instead of 8 per core.
-/// Measured on the 10x org-trail corpus at 2 threads: peak RSS 377 MiB before, 286 after
-/// (`make bench`). Other C libraries keep their defaults.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let arenas = i32::try_from(threads().max(2)).unwrap_or(i32::MAX);
-        // SAFETY: mallopt only changes allocator parameters; it is called before the runtime
-        // or any other thread starts, as glibc asks.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
-
 /// Runs `job` on a blocking thread, at most [`threads`] jobs at once across the process.
 pub async fn run<T, F>(job: F) -> T
 where
