@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-
 use serde_json::Value;
 
 use super::guardduty::{self, parse_iso_ms, type_parts, FindingVersion, Malformed};
@@ -497,10 +496,13 @@ fn fill_service(row: &mut FindingVersion, service: &WireService<'_>) {
 
 /// The sample flag as a member, else inside `value` (JSON text or an object).
 fn sample_flag(info: &WireInfo<'_>) -> bool {
-    let from = |text: &str| {
-        serde_json::from_str::<WireSample<'_>>(text)
-            .ok()
-            .and_then(|s| flag(s.sample))
+    // A repeated `sample` fails the one-pass read; the value reader keeps the last, as ever.
+    let from = |text: &str| match serde_json::from_str::<WireSample<'_>>(text) {
+        Ok(sample) => flag(sample.sample),
+        Err(_) => serde_json::from_str::<Value>(text)
+            .ok()?
+            .get("sample")?
+            .as_bool(),
     };
     flag(info.sample)
         .or_else(|| {
@@ -625,6 +627,15 @@ mod tests {
             normalize_text(repeated.clone()).unwrap().severity,
             value["severity"].as_f64().unwrap()
         );
+        // A repeated `sample` inside additionalInfo's JSON text: the last one counts.
+        let twice = raw.replacen(
+            "\"service\": {",
+            r#""service": {"additionalInfo": {"value": "{\"sample\":false,\"sample\":true}"}, "#,
+            1,
+        );
+        let value: Value = serde_json::from_str(&twice).unwrap();
+        assert!(normalize(&value, String::new()).unwrap().sample);
+        assert!(normalize_text(twice).unwrap().sample);
         assert!(matches!(
             normalize_text("{\"id\": ".into()),
             Err(Unreadable::NotJson(_))

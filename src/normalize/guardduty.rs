@@ -157,7 +157,8 @@ fn required_time(value: &Value, member: &'static str) -> Result<i64, Malformed> 
     parse_iso_ms(&raw).ok_or(Malformed::BadTimestamp { member, value: raw })
 }
 
-/// The action's remote IP details, wherever the action type keeps them.
+/// The action's remote IP details, wherever the action type keeps them (a null counts as
+/// absent, as in `finding_text`).
 fn remote_ip_details(action: &Value) -> Option<&Value> {
     [
         &["awsApiCallAction", "remoteIpDetails"][..],

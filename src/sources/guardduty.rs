@@ -23,13 +23,12 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-
-use crate::normalize::drift::{check_text, Drift};
-use crate::normalize::finding_text::{normalize_str, Unreadable};
-use crate::normalize::guardduty::FindingVersion;
 use tracing::warn;
 
 use crate::error::{classify, TargetFailure, TargetStatus};
+use crate::normalize::drift::{check_text, Drift};
+use crate::normalize::finding_text::{normalize_str, Unreadable};
+use crate::normalize::guardduty::FindingVersion;
 
 /// ListFindings and GetFindings page limit (service model).
 pub const PAGE_SIZE: i32 = 50;
@@ -69,12 +68,12 @@ pub struct RawFinding {
 pub struct ReadFinding {
     pub finding: RawFinding,
     pub row: Result<FindingVersion, Unreadable>,
-    /// `id`, `accountId`, `region` and `type` as strings ("" when absent or not a string).
     pub who: Who,
     pub drift: Vec<Drift>,
 }
 
-/// The members a finding names its owner and type with.
+/// The members a finding names its owner and type with, where they are strings (`accountId` and
+/// `type` are empty otherwise).
 #[derive(Debug, Default)]
 pub struct Who {
     pub id: Option<String>,
