@@ -92,7 +92,7 @@ infra: venv ## Regenerate infra/hub.yaml (Glue tables from schemas/, named queri
 	$(PY) tests/schemas/generate_infra.py
 	$(VENV)/bin/cfn-lint infra/hub.yaml infra/member-role.yaml || [ $$(( $$? & 2 )) -eq 0 ]
 
-bench: venv ## Findings normalize+encode on 120k findings; org-trail library loop and `guardlake run` (1 and 2 threads) vs DuckDB at 1x/10x; → bench/results.txt
+bench: venv ## Findings (read_page + encode, 1 and 2 threads) on 120k findings; org-trail library loop and `guardlake run` (1 and 2 threads) vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 	$(PY) tests/bench/orgtrail_vs_duckdb.py
 	$(CARGO) build --release --bin guardlake
