@@ -198,36 +198,12 @@ pub fn check(finding: &Value) -> Vec<Drift> {
     if known.schema.is_object() {
         walk(&known.schema, &known.schema, finding, "", &mut out);
     }
-    let mut new_value =
-        |path: &str, value: Option<&Value>, set: &HashSet<String>, kind: DriftKind| {
-            if let Some(text) = value.and_then(Value::as_str) {
-                if !set.contains(text) {
-                    out.push(Drift {
-                        path: path.to_owned(),
-                        kind,
-                        example: example(&Value::String(text.to_owned())),
-                    });
-                }
-            }
-        };
-    new_value(
-        "type",
-        finding.get("type"),
-        &known.finding_types,
-        DriftKind::NewFindingType,
-    );
-    new_value(
-        "resource.resourceType",
-        finding.pointer("/resource/resourceType"),
-        &known.resource_types,
-        DriftKind::NewResourceType,
-    );
-    new_value(
-        "service.action.actionType",
-        finding.pointer("/service/action/actionType"),
-        &known.action_types,
-        DriftKind::NewActionType,
-    );
+    for (path, _) in NAMED_TYPES {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        if let Some(text) = finding.pointer(&pointer).and_then(Value::as_str) {
+            out.extend(new_type(path, text));
+        }
+    }
     out
 }
 
