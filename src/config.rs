@@ -171,7 +171,7 @@ pub struct Config {
     /// Roll Parquet files near this many bytes [default: 134217728].
     #[arg(long, env = "GUARDLAKE_TARGET_FILE_BYTES", value_name = "BYTES")]
     pub target_file_bytes: Option<u64>,
-    /// Encode buffered rows once they hold this many bytes, 1 MiB to 1 GiB [default: 33554432].
+    /// Encode buffered rows once they hold this many bytes, 1 MiB to 1 GiB [default: 16777216].
     #[arg(long, env = "GUARDLAKE_FLUSH_BYTES", value_name = "BYTES")]
     pub flush_bytes: Option<u64>,
     /// Scratch directory for Parquet files before upload [default: the system temp dir].
@@ -650,7 +650,7 @@ impl Config {
             flush_bytes,
             MIN_FLUSH_BYTES,
             MAX_FLUSH_BYTES,
-            "rows buffered before encoding; the default (33554432) keeps a run under 256 MiB",
+            "rows buffered before encoding; the default (16777216) keeps a run over millions of records under 256 MiB",
         )?;
         let lock_lease_secs = self.lock_lease_secs.unwrap_or(DEFAULT_LOCK_LEASE_SECS);
         in_range(
@@ -937,9 +937,9 @@ struct Numbers {
     canary_wait_secs: u64,
 }
 
-/// Rows buffered before they are sorted and encoded (`flush_bytes`): 32 MiB keeps a run over
+/// Rows buffered before they are sorted and encoded (`flush_bytes`): 16 MiB keeps a run over
 /// millions of records under 256 MiB resident.
-pub const DEFAULT_FLUSH_BYTES: u64 = 32 << 20;
+pub const DEFAULT_FLUSH_BYTES: u64 = 16 << 20;
 pub const DEFAULT_OUTPUT: &str = "./lake";
 pub const DEFAULT_ROLE_NAME: &str = "GuardlakeReadOnly";
 pub const DEFAULT_LOOKBACK_DAYS: u32 = 30;

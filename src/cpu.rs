@@ -24,6 +24,63 @@ pub fn threads() -> usize {
     })
 }
 
+/// Caps glibc's malloc at two arenas per thread of [`threads`] (its default is eight per core):
+/// call once, before the runtime or any other thread starts. Rows decoded on one thread are
+/// freed on another, and each arena keeps what was freed in it; with fewer arenas less is kept.
+/// On the 10x org-trail corpus at 2 threads, with [`give_back_memory`], four arenas instead of
+/// glibc's default took the peak from 228 to 197 MiB (`MALLOC_ARENA_MAX`, measured by hand).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = i32::try_from(threads().saturating_mul(2)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; it runs before other threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
+/// Resident memory under which freed memory is left to the allocator.
+const KEEP_RESIDENT_BYTES: u64 = 160 << 20;
+/// Growth over the resident memory the last give-back left before the next one.
+const REGROW_BYTES: u64 = 64 << 20;
+
+/// Returns the allocator's free memory to the system (glibc's `malloc_trim`) once the process
+/// holds more than [`KEEP_RESIDENT_BYTES`] and has grown [`REGROW_BYTES`] since the last time; a
+/// writer calls it after each buffer it encoded. Rows are allocated on the threads that decode
+/// and freed on the ones that encode, and glibc otherwise keeps what each thread's arena freed
+/// resident: the 10x org-trail bench at 2 threads held about twice its live heap. Trimming
+/// after every buffer costs more (the pages given back are faulted in again), hence the bar.
+/// Elsewhere (musl, other systems) it does nothing.
+pub fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LEFT: AtomicU64 = AtomicU64::new(0);
+        let Some(resident) = resident_bytes() else {
+            return;
+        };
+        let left = LEFT.load(Ordering::Relaxed);
+        if resident < KEEP_RESIDENT_BYTES || resident < left.saturating_add(REGROW_BYTES) {
+            return;
+        }
+        // SAFETY: malloc_trim takes each arena's lock itself and only releases free pages.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        LEFT.store(resident_bytes().unwrap_or(resident), Ordering::Relaxed);
+    }
+}
+
+/// The process's resident memory now (`/proc/self/statm`), where Linux tells it.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 /// Runs `job` on a blocking thread, at most [`threads`] jobs at once across the process.
 pub async fn run<T, F>(job: F) -> T
 where

@@ -54,6 +54,7 @@ fn load_config(file: Option<&Path>, flags: Config) -> ValidatedConfig {
 
 /// The runtime, with one worker per thread of [`guardlake::cpu::threads`].
 fn async_runtime() -> tokio::runtime::Runtime {
+    guardlake::cpu::tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(guardlake::cpu::threads())
         .enable_all()

@@ -285,6 +285,8 @@ impl<R: LakeRow> PartitionWriter<R> {
                 }
             }
         }
+        // The rows and their Arrow columns are freed now: hand that memory back.
+        crate::cpu::give_back_memory();
         Ok(())
     }
 

@@ -61,6 +61,7 @@ def duck(path: Path, records: int, threads: int = 1) -> dict:
     out = Path(tempfile.mkdtemp(prefix="duckdb-orgtrail-"))
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
+    con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '4GB'")
     started = time.perf_counter()
