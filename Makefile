@@ -95,7 +95,8 @@ infra: venv ## Regenerate infra/hub.yaml (Glue tables from schemas/, named queri
 bench: venv ## Findings (read_page + encode, 1 and 2 threads) on 120k findings; org-trail library loop and `guardlake run` (1 and 2 threads) vs DuckDB at 1x/10x; → bench/results.txt
 	$(CARGO) bench --bench normalize_encode -- --findings 120000 --out bench/results.txt
 	$(PY) tests/bench/orgtrail_vs_duckdb.py
-	$(CARGO) build --release --bin guardlake
+	# With the benches, so the binary shares the benches' dependency features (no second build).
+	$(CARGO) build --release --bin guardlake --bench normalize_encode --bench orgtrail
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
 	  $(AWS_ENV) GUARDLAKE_RELEASE_BIN=$${CARGO_TARGET_DIR:-target}/release/guardlake $(PY) tests/bench/product.py || status=$$?; \

@@ -66,6 +66,10 @@ def product(path: Path, threads: int) -> dict:
 def main() -> None:
     if not BINARY.exists():
         sys.exit(f"{BINARY} is missing: build it with cargo build --release --bin guardlake")
+    # The local backend builds each account's and region's GuardDuty and STS state on first use
+    # (about a second here for 20 accounts x 3 regions): one unreported run pays for that, so the
+    # first measured run is not charged with it.
+    product(corpus(RECORDS, 1), 2)
     lines = ["", f"guardlake bench: the product path (guardlake run --cloudtrail org-trail --trail-dir --trail-keep all) vs DuckDB, {os.cpu_count()} cores"]
     for copies in (1, 10):
         path = corpus(RECORDS, copies)
@@ -82,9 +86,9 @@ def main() -> None:
         if copies == 1:
             stages = library(path, stages=True)
             parse_rate = stages["records"] / stages["stage_inflate_split_parse_seconds"]
-            lines.append(f"    stage rate (gunzip + split + parse, one thread): {parse_rate:.0f} records/s; "
-                         f"the product at 1 thread runs at {ours[1]['records_per_sec'] / parse_rate:.0%} of it")  # fmt: skip
-        print("\n".join(lines[-(4 + (copies == 1)):]), flush=True)
+            lines.append(f"    stage rate (gunzip + split + parse, one thread, library loop on this corpus): {parse_rate:.0f} records/s")
+        lines.append(f"    the product at 1 thread runs at {ours[1]['records_per_sec'] / parse_rate:.0%} of the stage rate")
+        print("\n".join(lines[-(5 + (copies == 1)):]), flush=True)
     with open(ROOT / "bench" / "results.txt", "a") as results:
         results.write("\n".join(lines) + "\n")
 
