@@ -57,7 +57,7 @@ pub fn give_back_memory() {
     {
         use std::sync::atomic::{AtomicU64, Ordering};
         static LEFT: AtomicU64 = AtomicU64::new(0);
-        let Some(resident) = resident_bytes() else {
+        let Some(resident) = status_bytes("VmRSS:") else {
             return;
         };
         let left = LEFT.load(Ordering::Relaxed);
@@ -68,17 +68,20 @@ pub fn give_back_memory() {
         unsafe {
             libc::malloc_trim(0);
         }
-        LEFT.store(resident_bytes().unwrap_or(resident), Ordering::Relaxed);
+        LEFT.store(
+            status_bytes("VmRSS:").unwrap_or(resident),
+            Ordering::Relaxed,
+        );
     }
 }
 
-/// The process's resident memory now (`/proc/self/statm`), where Linux tells it.
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+/// A memory figure of this process from `/proc/self/status` (`field` is e.g. `VmRSS:` for the
+/// resident memory now, `VmHWM:` for its peak), in bytes; `None` where there is no procfs.
+pub fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs `job` on a blocking thread, at most [`threads`] jobs at once across the process.

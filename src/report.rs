@@ -164,10 +164,7 @@ pub struct Totals {
 /// The peak resident memory of this process (`VmHWM` in `/proc/self/status`); `None` where
 /// there is no procfs.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::cpu::status_bytes("VmHWM:")
 }
 
 /// The summary's list of failed targets, one line each.
