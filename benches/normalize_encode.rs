@@ -174,14 +174,14 @@ fn one_thread(pages: &[Vec<u8>], mut writer: FindingsWriter) -> Vec<StagedFile> 
     writer.finish().unwrap()
 }
 
-/// `threads` readers take pages in turn and send rows to one writer thread, as a run's chains
-/// send theirs to the table's writer.
+/// `threads` readers take pages in turn and send each page's rows to one writer thread, as a
+/// run's chains send theirs to the table's writer (`pipeline::writer`, 32 batches in flight).
 fn workers(pages: &[Vec<u8>], mut writer: FindingsWriter, threads: usize) -> Vec<StagedFile> {
     let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::sync_channel::<FindingVersion>(1024);
+    let (tx, rx) = mpsc::sync_channel::<Vec<FindingVersion>>(32);
     std::thread::scope(|scope| {
         let encoder = scope.spawn(move || {
-            for row in rx {
+            for row in rx.into_iter().flatten() {
                 writer.push(row).unwrap();
             }
             writer.finish().unwrap()
@@ -191,7 +191,7 @@ fn workers(pages: &[Vec<u8>], mut writer: FindingsWriter, threads: usize) -> Vec
             let next = &next;
             scope.spawn(move || {
                 while let Some(page) = pages.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    rows(page).for_each(|row| tx.send(row).unwrap());
+                    tx.send(rows(page).collect()).unwrap();
                 }
             });
         }

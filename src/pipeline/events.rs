@@ -408,7 +408,20 @@ impl Source for Events<'_> {
             });
             info!(account_id = %account.account_id, objects_read = read, objects_skipped = skipped, "Read the organization trail.");
         }
-        orgtrail::Sink::take(&self.sink, result.rows, result.bad);
+        // Org-trail rows were kept against the run's ids as they were read; a lookup's rows
+        // were kept once per account, and repeats of another account's are dropped here.
+        let rows = match self.reader {
+            Reader::OrgTrail(_) => result.rows,
+            Reader::Lookup(_) => {
+                let ids = orgtrail::Sink::ids(&self.sink);
+                result
+                    .rows
+                    .into_iter()
+                    .filter(|row| ids.insert(row.event_id()))
+                    .collect()
+            }
+        };
+        orgtrail::Sink::take(&self.sink, rows, result.bad);
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -197,6 +197,8 @@ struct Tally {
     /// The chain's alert history and candidates (alerting runs).
     alerts: Option<Tracker>,
     severities: BTreeMap<&'static str, u64>,
+    /// The current page's new versions, sent to the writer together once the page is taken.
+    outgoing: Vec<FindingVersion>,
 }
 
 /// What is known of a finding that cannot be used.
@@ -343,9 +345,13 @@ impl<'a> Findings<'a> {
         detector.readable()?;
         let mut pages = gd::Pages::new(&client, &detector.id, window);
         while let Some(page) = pages.next().await? {
-            for read in cpu::run(move || gd::read_page(page)).await {
-                self.take(chain, read, tally).await?;
-            }
+            let taken = cpu::run(move || gd::read_page(page))
+                .await
+                .into_iter()
+                .try_for_each(|read| self.take(chain, read, tally));
+            // What was taken before a failure is sent all the same: it counts as written.
+            self.rows.send(std::mem::take(&mut tally.outgoing)).await?;
+            taken?;
             crash_point(CrashPoint::MidPage);
         }
         Ok(())
@@ -519,8 +525,8 @@ impl<'a> Findings<'a> {
         }
     }
 
-    /// One finding: quarantined, passed over, skipped as a duplicate, or sent to the writer.
-    async fn take(
+    /// One finding: quarantined, passed over, skipped as a duplicate, or kept for the writer.
+    fn take(
         &self,
         chain: &Chain,
         read: ReadFinding,
@@ -557,7 +563,7 @@ impl<'a> Findings<'a> {
             .unwrap_or_else(|p| p.into_inner())
             .record_found(drift, &who.finding_type, owner, &chain.region, now_ms());
         // The text joins the row only once it is good: a bad one is quarantined as received.
-        let mut row = match row {
+        let row = match row {
             Ok(row) => row,
             Err(reason) => {
                 let reason = reason.to_string();
@@ -586,6 +592,20 @@ impl<'a> Findings<'a> {
         }
         tally.counts.entry(owner.to_owned()).or_default().written += 1;
         tally.new_versions.push(key);
+        self.keep(
+            chain,
+            FindingVersion {
+                raw: finding.raw,
+                ..row
+            },
+            tally,
+        );
+        Ok(())
+    }
+
+    /// A new version: counted by severity, seen by the alerts and the canary, correlated, and
+    /// kept for the writer with the page's others.
+    fn keep(&self, chain: &Chain, row: FindingVersion, tally: &mut Tally) {
         *tally.severities.entry(label(row.severity)).or_default() += 1;
         if let Some(tracker) = &mut tally.alerts {
             tracker.observe(&row);
@@ -597,8 +617,7 @@ impl<'a> Findings<'a> {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(correlation);
         }
-        row.raw = finding.raw;
-        self.rows.send(row).await
+        tally.outgoing.push(row);
     }
 
     /// Whether a finding belongs to this chain. A delegated administrator's detector also
@@ -805,6 +824,7 @@ impl Source for Findings<'_> {
             passed_over: 0,
             alerts: self.tracker(chain, &mark, window).await,
             severities: BTreeMap::new(),
+            outgoing: Vec::new(),
         };
         let failure = self.read(chain, window, &mut tally).await.err();
         match &failure {

@@ -1,4 +1,5 @@
-//! The `cloudtrail_events` rows of a run as they are read: each event id once, encoded into
+//! The `cloudtrail_events` rows of a run as they are read: each event id once (the run's ids,
+//! held here, are what readers check a row against before handing it over), encoded into
 //! Parquet as buffers fill, quarantined records spilled to disk.
 //!
 //! With one encoder the caller encodes a full buffer itself. With more (`--threads` above 1),
@@ -21,6 +22,8 @@ use crate::sources::orgtrail;
 /// Shared by every account of a run; `take` may be called from any of them.
 pub struct EventSink {
     inner: Mutex<Inner>,
+    /// Every event id of the run: callers keep a row only when it is new here.
+    seen: EventIds,
     /// The encoder threads' queue and handles (none: the caller encodes).
     pool: Option<Pool>,
 }
@@ -32,7 +35,6 @@ struct Inner {
     waiting_bytes: u64,
     /// Rows handed to the pool at once: the flush size shared among the encoders.
     batch_bytes: u64,
-    seen: EventIds,
     bad: Spill,
     /// The first encoding or spill error; the run fails with it at `finish`.
     error: Option<String>,
@@ -60,13 +62,13 @@ impl EventSink {
             waiting: Vec::new(),
             waiting_bytes: 0,
             batch_bytes: (flush_bytes / encoders as u64).max(1),
-            seen: EventIds::default(),
             bad,
             error: None,
         };
         if encoders == 1 {
             return Self {
                 inner: Mutex::new(inner(Some(writer(0)))),
+                seen: EventIds::default(),
                 pool: None,
             };
         }
@@ -93,6 +95,7 @@ impl EventSink {
             .collect();
         Self {
             inner: Mutex::new(inner(None)),
+            seen: EventIds::default(),
             pool: Some(Pool {
                 queue: Mutex::new(Some(queue)),
                 workers: Mutex::new(workers),
@@ -158,6 +161,10 @@ impl EventSink {
 }
 
 impl orgtrail::Sink for EventSink {
+    fn ids(&self) -> &EventIds {
+        &self.seen
+    }
+
     fn take(&self, rows: Vec<EventRow>, bad: Vec<BadEvent>) {
         let full = {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,9 +173,6 @@ impl orgtrail::Sink for EventSink {
                 return;
             }
             for row in rows {
-                if !inner.seen.insert(row.event_id()) {
-                    continue;
-                }
                 let pushed = match &mut inner.writer {
                     Some(writer) => writer.push(row).map_err(|e| e.to_string()),
                     None => {
@@ -242,7 +246,13 @@ mod tests {
                             .collect::<Vec<_>>()
                             .chunks(100)
                         {
-                            sink.take(chunk.iter().map(|i| row(*i)).collect(), Vec::new());
+                            // As the readers do: a row is kept when the run's ids say new.
+                            let rows = chunk
+                                .iter()
+                                .map(|i| row(*i))
+                                .filter(|r| sink.ids().insert(r.event_id()))
+                                .collect();
+                            sink.take(rows, Vec::new());
                         }
                     });
                 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_cloudtrail::primitives::DateTime as SdkTime;
@@ -153,6 +153,17 @@ pub struct AccountResult {
     pub state: AccountState,
 }
 
+impl AccountResult {
+    /// A region's counts, made on first use (no allocation per record once it exists).
+    pub fn region(&mut self, region: &str) -> &mut RegionResult {
+        if !self.regions.contains_key(region) {
+            self.regions
+                .insert(region.to_owned(), RegionResult::default());
+        }
+        self.regions.get_mut(region).expect("inserted above")
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct RegionResult {
     pub read: u64,
@@ -287,13 +298,7 @@ impl AccountLookups<'_> {
             row.event_time_ms,
             row.event_name().map(str::to_owned),
         );
-        keep_once(
-            &mut self.result,
-            &mut self.seen,
-            &self.published,
-            region,
-            row,
-        );
+        keep_once(&mut self.result, &self.seen, &self.published, region, row);
         Some(taken)
     }
 
@@ -531,7 +536,7 @@ pub fn admit(
     origin: Option<&str>,
     normalized: Result<EventRow, (BadRecord, String)>,
 ) -> Option<EventRow> {
-    let stats = result.regions.entry(region.to_owned()).or_default();
+    let stats = result.region(region);
     stats.read += 1;
     let (reason, raw) = match normalized {
         Ok(row) => return Some(row),
@@ -565,14 +570,17 @@ pub fn admit(
 /// (for two million ids, a chance of about 1 in 10^16). The hashes are spread over
 /// [`ID_SHARDS`] tables by their top bits, so the set grows one small table at a time: a single
 /// table of two million ids would hold its old and its new buckets at once while it grows.
+/// Each table has its own lock: the accounts of a run, read at once, share one set.
 #[derive(Debug)]
 pub struct EventIds {
     keys: (
         std::collections::hash_map::RandomState,
         std::collections::hash_map::RandomState,
     ),
-    shards: Vec<HashSet<Fingerprint, std::hash::BuildHasherDefault<Prehashed>>>,
+    shards: Vec<Mutex<IdTable>>,
 }
+
+type IdTable = HashSet<Fingerprint, std::hash::BuildHasherDefault<Prehashed>>;
 
 /// Tables of an [`EventIds`].
 const ID_SHARDS: usize = 256;
@@ -581,19 +589,22 @@ impl Default for EventIds {
     fn default() -> Self {
         Self {
             keys: Default::default(),
-            shards: (0..ID_SHARDS).map(|_| HashSet::default()).collect(),
+            shards: (0..ID_SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 }
 
 impl EventIds {
     /// True when `id` was not in the set.
-    pub fn insert(&mut self, id: &str) -> bool {
+    pub fn insert(&self, id: &str) -> bool {
         use std::hash::BuildHasher;
         let (high, low) = (self.keys.0.hash_one(id), self.keys.1.hash_one(id));
         let shard = (high >> 56) as usize % ID_SHARDS;
         let key = Fingerprint([low as u32, (low >> 32) as u32, high as u32]);
-        self.shards[shard].insert(key)
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key)
     }
 }
 
@@ -631,13 +642,13 @@ impl std::hash::Hasher for Prehashed {
 /// Keeps a record once per run and never again once published, counting it as written.
 pub fn keep_once(
     result: &mut AccountResult,
-    seen: &mut EventIds,
+    seen: &EventIds,
     published: &HashSet<String>,
     region: &str,
     row: EventRow,
 ) {
     if !published.contains(row.event_id()) && seen.insert(row.event_id()) {
-        result.regions.entry(region.to_owned()).or_default().written += 1;
+        result.region(region).written += 1;
         result.rows.push(row);
     }
 }
@@ -667,8 +678,11 @@ mod tests {
 
     #[test]
     fn event_ids_take_each_id_once_across_every_table() {
-        let mut ids = EventIds::default();
-        let held = |ids: &EventIds| ids.shards.iter().map(HashSet::len).sum::<usize>();
+        let ids = EventIds::default();
+        let sizes = |ids: &EventIds| -> Vec<usize> {
+            ids.shards.iter().map(|t| t.lock().unwrap().len()).collect()
+        };
+        let held = |ids: &EventIds| sizes(ids).iter().sum::<usize>();
         assert_eq!(held(&ids), 0);
         let all: Vec<String> = (0..50_000).map(|i| format!("{i:08x}-event")).collect();
         assert!(all.iter().all(|id| ids.insert(id)));
@@ -676,7 +690,7 @@ mod tests {
         assert!(all.iter().all(|id| !ids.insert(id)));
         assert_eq!(held(&ids), all.len());
         // The ids spread over the tables: none is empty, none holds a tenth of them.
-        let sizes: Vec<usize> = ids.shards.iter().map(HashSet::len).collect();
+        let sizes = sizes(&ids);
         assert!(
             sizes.iter().all(|&n| n > 0 && n < all.len() / 10),
             "{sizes:?}"

@@ -283,9 +283,13 @@ pub fn read_object(
 }
 
 /// A record's text: its bytes as UTF-8, or with invalid sequences replaced (the JSON parse then
-/// decides whether it is usable).
+/// decides whether it is usable). Valid text, the rule, is checked by `from_utf8`'s word-at-a-time
+/// pass; `from_utf8_lossy` walks it in chunks and cost 3.6% of a one-thread run.
 pub fn record_text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The log types read from the trail: management and data events, and CloudTrail Insights
@@ -614,7 +618,9 @@ pub struct Keep {
 /// Where one object's records go: the account's counts, its event ids, what is relevant.
 pub struct Taking<'a> {
     pub result: &'a mut AccountResult,
-    pub seen: &'a mut EventIds,
+    /// The run's event ids (every account's): a record another account's trail also holds is
+    /// a duplicate, as one read twice here is.
+    pub seen: &'a EventIds,
     pub published: &'a HashSet<String>,
     pub rules: &'a Rules,
     pub account_id: &'a str,
@@ -732,7 +738,10 @@ pub const DECODE_AHEAD_BYTES: usize = 1 << 20;
 /// Where kept events and quarantined records go, object by object, so that an account with
 /// millions of events is never held in memory.
 pub trait Sink: Sync {
+    /// Rows already kept once ([`Sink::ids`] said each was new), and quarantined records.
     fn take(&self, rows: Vec<EventRow>, bad: Vec<BadEvent>);
+    /// The event ids of the run so far, shared by every account.
+    fn ids(&self) -> &EventIds;
 }
 
 /// Where one account's objects are, what is relevant in them, and where it goes.
@@ -760,7 +769,7 @@ struct Reader<'a> {
     days: &'a BTreeMap<String, Days>,
     result: AccountResult,
     published: &'a HashSet<String>,
-    seen: EventIds,
+    seen: &'a EventIds,
 }
 
 impl Reader<'_> {
@@ -862,7 +871,7 @@ impl Reader<'_> {
 
     /// One object of [`Reader::read_keys`], in key order.
     async fn take(&mut self, region: &str, key: &str, keep: Keep, pending: Pending) {
-        let stats = self.result.regions.entry(region.to_owned()).or_default();
+        let stats = self.result.region(region);
         let source = match pending {
             Pending::NotALog => {
                 stats.objects_skipped += 1;
@@ -878,7 +887,7 @@ impl Reader<'_> {
         stats.objects_read += 1;
         let taking = Taking {
             result: &mut self.result,
-            seen: &mut self.seen,
+            seen: self.seen,
             published: self.published,
             rules: self.trail.rules,
             account_id: self.account_id,
@@ -1011,7 +1020,7 @@ pub async fn collect_account(
         result: AccountResult::default(),
         // Objects, not event ids, are what a cursor remembers: only a backfill skips ids.
         published: lake_has,
-        seen: EventIds::default(),
+        seen: trail.sink.ids(),
     };
     // Ids published by versions that kept them: the cursor makes them unneeded, and they grew
     // with every event.

@@ -104,6 +104,23 @@ def test_late_objects_and_events_newer_than_the_run_land_exactly_once(tmp_path):
     assert query(lake, "runs", "select findings_read from runs where source = 'cloudtrail' order by run_id")[-1] == (0,)
 
 
+def test_an_event_in_two_accounts_trails_is_written_once_and_counted_once(tmp_path):
+    """A record copied under a second account's prefix (a hostile or mis-copied trail) is a
+    duplicate: the lake holds it once, and the runs rows count it written once, so the written
+    counts add up to the lake's rows."""
+    first, second = org_with_detectors(["twin-a", "twin-b"], [REGION])
+    trail, lake = tmp_path / "trail", tmp_path / "lake"
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    shared = record("shared", first, now - timedelta(hours=1), "StopLogging")
+    deliver(trail, object_key(first, now - timedelta(hours=1), "a"), [shared, record("own-a", first, now - timedelta(hours=1), "StopLogging")])
+    deliver(trail, object_key(second, now - timedelta(hours=1), "b"), [shared, record("own-b", second, now - timedelta(hours=1), "StopLogging")])
+    done = guardlake(*run_args(lake, [first, second], trail, "--threads", "2"))
+    assert done.returncode == 0, done.stdout
+    assert events(lake) == {"shared": 1, "own-a": 1, "own-b": 1}
+    counts = query(lake, "runs", "select sum(findings_read), sum(findings_written) from runs where source = 'cloudtrail'")
+    assert counts == [(4, 3)], counts
+
+
 def test_backfill_reads_only_its_window_and_leaves_state_alone(tmp_path):
     [account] = org_with_detectors(["backfill"], [REGION])
     trail, lake = tmp_path / "trail", tmp_path / "lake"
