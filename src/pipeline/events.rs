@@ -49,7 +49,7 @@ enum Reader {
 struct OrgTrail {
     trail: Store,
     org_id: String,
-    rules: orgtrail::Rules,
+    rules: Arc<orgtrail::Rules>,
 }
 
 /// The run's CloudTrail rows: one encoder per thread when there are several, each writing its
@@ -85,8 +85,9 @@ pub struct Events<'a> {
     run: &'a Run<'a>,
     reader: Reader,
     /// Event ids the lake already has (backfills add only the others).
-    lake_has: HashSet<String>,
-    sink: EventSink,
+    lake_has: Arc<HashSet<String>>,
+    /// Shared with the threads that read org-trail objects.
+    sink: Arc<EventSink>,
     links: Mutex<Vec<FindingEvent>>,
 }
 
@@ -148,7 +149,7 @@ impl<'a> Events<'a> {
                 Reader::OrgTrail(Box::new(OrgTrail {
                     trail: trail_store(run, source),
                     org_id,
-                    rules,
+                    rules: Arc::new(rules),
                 }))
             }
             _ => Reader::Lookup(trail::limiter()),
@@ -179,8 +180,8 @@ impl<'a> Events<'a> {
         let events = Events {
             run,
             reader,
-            lake_has,
-            sink,
+            lake_has: Arc::new(lake_has),
+            sink: Arc::new(sink),
             links: Mutex::new(Vec::new()),
         };
         Ok(Prepared::Ready(Box::new(events), targets))
@@ -192,7 +193,11 @@ impl<'a> Events<'a> {
         let run = self.run;
         let mut links = self.links.into_inner().unwrap_or_else(|p| p.into_inner());
         links.sort();
-        let (written, bad) = self.sink.finish()?;
+        // Every object's reading has ended: the last reference to the sink is this one.
+        let sink = Arc::try_unwrap(self.sink).map_err(|_| {
+            RunError::Encode("the CloudTrail events are still being read".to_owned())
+        })?;
+        let (written, bad) = sink.finish()?;
         let kept: usize = written.iter().map(|f| f.rows).sum();
         let mut files: Vec<(PathBuf, String)> = written
             .into_iter()
@@ -267,8 +272,8 @@ impl<'a> Events<'a> {
                 let trail = orgtrail::Trail {
                     source: trail,
                     org_id,
-                    rules,
-                    sink: &self.sink,
+                    rules: rules.clone(),
+                    sink: self.sink.clone(),
                 };
                 Ok(orgtrail::collect_account(
                     &trail,
@@ -276,7 +281,7 @@ impl<'a> Events<'a> {
                     &account.regions,
                     state,
                     (reading, &account.days),
-                    &self.lake_has,
+                    self.lake_has.clone(),
                 )
                 .await)
             }
@@ -413,7 +418,7 @@ impl Source for Events<'_> {
         let rows = match self.reader {
             Reader::OrgTrail(_) => result.rows,
             Reader::Lookup(_) => {
-                let ids = orgtrail::Sink::ids(&self.sink);
+                let ids = orgtrail::Sink::ids(&*self.sink);
                 result
                     .rows
                     .into_iter()
@@ -421,7 +426,7 @@ impl Source for Events<'_> {
                     .collect()
             }
         };
-        orgtrail::Sink::take(&self.sink, rows, result.bad);
+        orgtrail::Sink::take(&*self.sink, rows, result.bad);
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -162,6 +162,20 @@ impl AccountResult {
         }
         self.regions.get_mut(region).expect("inserted above")
     }
+
+    /// Adds the records counted, the rows and quarantined records, and the links of `part` (an
+    /// object read on another thread) to this result.
+    pub fn absorb(&mut self, part: AccountResult) {
+        for (region, counted) in part.regions {
+            let stats = self.region(&region);
+            stats.read += counted.read;
+            stats.written += counted.written;
+            stats.quarantined += counted.quarantined;
+        }
+        self.rows.extend(part.rows);
+        self.bad.extend(part.bad);
+        self.links.extend(part.links);
+    }
 }
 
 #[derive(Debug, Default, Clone)]

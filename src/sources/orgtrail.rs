@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read;
+use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
@@ -705,39 +706,45 @@ impl Taking<'_> {
         });
         self.finish(outcome, links);
     }
+}
 
-    /// Takes the records of an object decoded beforehand ([`decode`]).
-    pub fn decoded(mut self, decoded: Decoded) {
-        let mut links = Vec::new();
-        for parsed in decoded.records {
-            self.record(parsed, &mut links);
+/// One object's reading, owning what it needs so that it can run on any thread: its rows and
+/// quarantined records go straight to the sink as they are parsed (4,096 at a time, never the
+/// whole object), and what comes back is the counts and links, for the account to add up in
+/// key order.
+pub struct ObjectJob {
+    pub rules: Arc<Rules>,
+    pub sink: Arc<dyn Sink>,
+    pub published: Arc<HashSet<String>>,
+    pub account_id: String,
+    pub region: String,
+    pub key: String,
+    pub keep: Keep,
+}
+
+impl ObjectJob {
+    /// Reads the object (gzip, split, parse, keep) and returns its counts and links.
+    pub fn run(self, compressed: &[u8]) -> AccountResult {
+        let mut result = AccountResult::default();
+        Taking {
+            result: &mut result,
+            seen: self.sink.ids(),
+            published: &self.published,
+            rules: &self.rules,
+            account_id: &self.account_id,
+            region: &self.region,
+            key: &self.key,
+            keep: self.keep,
+            sink: &*self.sink,
         }
-        self.finish(decoded.outcome, links);
+        .object(compressed);
+        result
     }
 }
 
-/// An object decompressed, split and parsed ahead of being taken.
-pub struct Decoded {
-    records: Vec<Parsed>,
-    outcome: Result<usize, String>,
-}
-
-/// Decompresses, splits and parses a whole object: the CPU work, done off the account's task
-/// (objects up to [`DECODE_AHEAD_BYTES`] compressed; larger ones are streamed in place).
-pub fn decode(compressed: &[u8]) -> Decoded {
-    let mut records = Vec::new();
-    let outcome = read_object(compressed, &mut |record| records.push(parse(record)));
-    Decoded { records, outcome }
-}
-
-/// Objects up to this size (compressed) are decoded ahead on other threads, whole: about 15
-/// MiB of rows each. CloudTrail delivers an account's region every 5 minutes, so objects are
-/// mostly far smaller; a larger one is streamed record by record instead.
-pub const DECODE_AHEAD_BYTES: usize = 1 << 20;
-
 /// Where kept events and quarantined records go, object by object, so that an account with
 /// millions of events is never held in memory.
-pub trait Sink: Sync {
+pub trait Sink: Send + Sync {
     /// Rows already kept once ([`Sink::ids`] said each was new), and quarantined records.
     fn take(&self, rows: Vec<EventRow>, bad: Vec<BadEvent>);
     /// The event ids of the run so far, shared by every account.
@@ -748,28 +755,27 @@ pub trait Sink: Sync {
 pub struct Trail<'a> {
     pub source: &'a Store,
     pub org_id: &'a str,
-    pub rules: &'a Rules,
-    pub sink: &'a dyn Sink,
+    pub rules: Arc<Rules>,
+    pub sink: Arc<dyn Sink>,
 }
 
-/// An object of a reading, in key order: not a log object, gone since the listing, too large
-/// to decode ahead (read as a stream when its turn comes), or being decoded.
+/// An object of a reading, in key order: not a log object, gone since the listing, fetched (to
+/// be read in place when its turn comes, with one thread), or being read on another thread.
 enum Pending {
     NotALog,
     Gone,
-    Large(Vec<u8>),
-    Decoding(tokio::task::JoinHandle<Decoded>),
+    Fetched(Vec<u8>),
+    Reading(tokio::task::JoinHandle<AccountResult>),
 }
 
-/// One account's reading: what it produced, the event ids to skip, the ones taken this run.
+/// One account's reading: what it produced, and the event ids to skip (a backfill's: the lake's).
 struct Reader<'a> {
     trail: &'a Trail<'a>,
     account_id: &'a str,
     /// Per region, the delivery days to read (a region not named: all since its cursor).
     days: &'a BTreeMap<String, Days>,
     result: AccountResult,
-    published: &'a HashSet<String>,
-    seen: &'a EventIds,
+    published: Arc<HashSet<String>>,
 }
 
 impl Reader<'_> {
@@ -822,8 +828,8 @@ impl Reader<'_> {
 
     /// Reads the log objects among `keys` (sorted) not in `skip`; returns the keys handled (read
     /// or skipped as non-log, in key order), and the classified failure that stopped it, if one
-    /// did. Up to [`crate::cpu::threads`] objects are fetched and decoded ahead on other threads
-    /// while this task takes the earlier ones' records, in key order.
+    /// did. Up to [`crate::cpu::threads`] objects are fetched and read at once on other threads
+    /// while this task adds up the earlier ones' counts, in key order.
     async fn read_keys(
         &mut self,
         region: &str,
@@ -839,7 +845,7 @@ impl Reader<'_> {
             .filter(|(key, _)| !skip.contains(key.as_str()));
         let mut failure = None;
         // One thread: each object is streamed in place, as it comes.
-        let (depth, ahead_ok) = match crate::cpu::threads() {
+        let (depth, elsewhere) = match crate::cpu::threads() {
             1 => (1, false),
             threads => (threads, true),
         };
@@ -851,11 +857,12 @@ impl Reader<'_> {
                     continue;
                 }
                 match self.trail.source.get(&key).await {
-                    Ok(Some(bytes)) if ahead_ok && bytes.len() <= DECODE_AHEAD_BYTES => {
-                        let job = tokio::spawn(crate::cpu::run(move || decode(&bytes)));
-                        ahead.push_back((key, Pending::Decoding(job)));
+                    Ok(Some(bytes)) if elsewhere => {
+                        let job = self.job(region, &key, keep);
+                        let reading = tokio::spawn(crate::cpu::run(move || job.run(&bytes)));
+                        ahead.push_back((key, Pending::Reading(reading)));
                     }
-                    Ok(Some(bytes)) => ahead.push_back((key, Pending::Large(bytes))),
+                    Ok(Some(bytes)) => ahead.push_back((key, Pending::Fetched(bytes))),
                     Ok(None) => ahead.push_back((key, Pending::Gone)),
                     Err(e) => failure = Some(classify_store("s3:GetObject", &e)),
                 }
@@ -869,38 +876,40 @@ impl Reader<'_> {
         (handled, failure)
     }
 
-    /// One object of [`Reader::read_keys`], in key order.
+    /// The reading of one object of this account.
+    fn job(&self, region: &str, key: &str, keep: Keep) -> ObjectJob {
+        ObjectJob {
+            rules: self.trail.rules.clone(),
+            sink: self.trail.sink.clone(),
+            published: self.published.clone(),
+            account_id: self.account_id.to_owned(),
+            region: region.to_owned(),
+            key: key.to_owned(),
+            keep,
+        }
+    }
+
+    /// One object of [`Reader::read_keys`], in key order: its counts and links added to the
+    /// account's.
     async fn take(&mut self, region: &str, key: &str, keep: Keep, pending: Pending) {
-        let stats = self.result.region(region);
-        let source = match pending {
+        let read = match pending {
             Pending::NotALog => {
-                stats.objects_skipped += 1;
+                self.result.region(region).objects_skipped += 1;
                 return;
             }
             Pending::Gone => return,
-            Pending::Large(bytes) => Ok(bytes),
-            Pending::Decoding(job) => match job.await {
-                Ok(decoded) => Err(decoded),
+            // Reading may encode a full buffer of rows: off the runtime's other tasks.
+            Pending::Fetched(bytes) => {
+                let job = self.job(region, key, keep);
+                crate::cpu::in_place(|| job.run(&bytes))
+            }
+            Pending::Reading(reading) => match reading.await {
+                Ok(read) => read,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             },
         };
-        stats.objects_read += 1;
-        let taking = Taking {
-            result: &mut self.result,
-            seen: self.seen,
-            published: self.published,
-            rules: self.trail.rules,
-            account_id: self.account_id,
-            region,
-            key,
-            keep,
-            sink: self.trail.sink,
-        };
-        // Taking may encode a full buffer of rows: off the runtime's other tasks.
-        crate::cpu::in_place(|| match source {
-            Ok(bytes) => taking.object(&bytes),
-            Err(decoded) => taking.decoded(decoded),
-        });
+        self.result.region(region).objects_read += 1;
+        self.result.absorb(read);
     }
 
     /// Incremental: the objects listed after the cursor of `kind` in `region`. A region whose
@@ -1011,7 +1020,7 @@ pub async fn collect_account(
     regions: &[String],
     state: AccountState,
     (reading, days): (Reading, &BTreeMap<String, Days>),
-    lake_has: &HashSet<String>,
+    lake_has: Arc<HashSet<String>>,
 ) -> AccountResult {
     let mut reader = Reader {
         trail,
@@ -1020,7 +1029,6 @@ pub async fn collect_account(
         result: AccountResult::default(),
         // Objects, not event ids, are what a cursor remembers: only a backfill skips ids.
         published: lake_has,
-        seen: trail.sink.ids(),
     };
     // Ids published by versions that kept them: the cursor makes them unneeded, and they grew
     // with every event.
