@@ -108,6 +108,11 @@ pub async fn collect_cloudtrail(
 ) -> Result<(), RunError> {
     match events::Events::prepare(run, targets, correlations).await? {
         Prepared::Ready(cloudtrail, targets) => {
+            tracing::info!(
+                targets = targets.len(),
+                correlations = correlations.len(),
+                "Reading CloudTrail events."
+            );
             let concurrency = run.config.concurrency.get();
             let gathered = collect_all(
                 cloudtrail.as_ref(),
