@@ -1,8 +1,9 @@
 """`make bench` (product path): `guardlake run --cloudtrail org-trail --trail-dir DIR --trail-keep
 all`, as a user runs it (the release binary, against the local backend for STS and GuardDuty),
 at --threads 1 and 2, and DuckDB at 1 and 2 threads over the same objects; at 1x and 10x.
-Appends the rates, the ratios, the scaling (2-thread rate / 1-thread rate) and peak RSS to
-bench/results.txt.
+Appends the rates, the ratios, the scaling (2-thread rate / 1-thread rate), the CloudTrail phase
+of each run alone (from its log: the rest is start-up, the GuardDuty targets and the publish) and
+peak RSS to bench/results.txt.
 
 The stage rate is the library loop's gunzip + split + parse pass (`cargo bench --bench orgtrail
 -- --stages`, one thread) on the same corpus; the product's 1-thread rate is reported as a share
