@@ -1042,19 +1042,14 @@ pub async fn collect_account(
         .unwrap_or_default();
     let mut not_found = Vec::new();
     for region in regions {
-        reader.result.regions.entry(region.clone()).or_default();
+        reader.result.region(region);
         let kinds: Vec<&str> = LOG_KINDS
             .into_iter()
             .filter(|k| *k != INSIGHT || insight_regions.contains(region))
             .collect();
         let failure = match reading {
             Reading::Backfill { since_ms, until_ms } => {
-                reader
-                    .result
-                    .regions
-                    .entry(region.clone())
-                    .or_default()
-                    .window = Some((since_ms, until_ms));
+                reader.result.region(region).window = Some((since_ms, until_ms));
                 reader
                     .read_window(region, &kinds, (since_ms, until_ms))
                     .await
@@ -1071,12 +1066,7 @@ pub async fn collect_account(
                 failure
             }
         };
-        reader
-            .result
-            .regions
-            .entry(region.clone())
-            .or_default()
-            .failure = failure;
+        reader.result.region(region).failure = failure;
     }
     if !not_found.is_empty() {
         reader.not_found(not_found).await;
