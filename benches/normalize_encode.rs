@@ -175,7 +175,8 @@ fn one_thread(pages: &[Vec<u8>], mut writer: FindingsWriter) -> Vec<StagedFile> 
 }
 
 /// `threads` readers take pages in turn and send each page's rows to one writer thread, as a
-/// run's chains send theirs to the table's writer (`pipeline::writer`, 32 batches in flight).
+/// run's chains send theirs to the table's writer (`pipeline::writer`: 32 batches or 16 MiB
+/// in flight; these pages, about 100 KiB each, stay under the bytes).
 fn workers(pages: &[Vec<u8>], mut writer: FindingsWriter, threads: usize) -> Vec<StagedFile> {
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::sync_channel::<Vec<FindingVersion>>(32);
