@@ -273,7 +273,11 @@ def test_two_runs_started_together_one_publishes(tmp_path):
     env.update(AWS_ENDPOINT_URL=ENDPOINT, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
     args = [str(BINARY), "run", "--output", str(lake), "--regions", ",".join(REGIONS), "--accounts", ",".join(ACCOUNTS), "--lookback-days", "10"]
     runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in runs]
+    # communicate() reads both pipes while it waits: a run that filled one would otherwise block.
+    results = []
+    for p in runs:
+        out, err = p.communicate(timeout=120)
+        results.append((p.returncode, out, err))
     control("DELETE", "/moto-api/ext/faults")
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 5], results

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -86,13 +87,18 @@ def serve(runtime: Runtime, seconds: int, **config: str) -> tuple[str, str]:
     """Runs the binary as Lambda starts it (no arguments, the runtime API and the function's
     environment) until it has asked for an event after the last one; its stdout and stderr."""
     env = lambda_env(runtime.address, **config)
-    process = subprocess.Popen([str(BINARY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert runtime.done.wait(seconds), "the function asked for its next event after the last one"
-    finally:
-        process.kill()
-        stdout, stderr = process.communicate(timeout=30)
-    return stdout, stderr
+    # Files, not pipes: nobody reads a pipe while the function runs, and one it filled (64 KiB)
+    # would block the function mid-invocation.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([str(BINARY)], env=env, stdout=out, stderr=err, text=True)
+        try:
+            assert runtime.done.wait(seconds), "the function asked for its next event after the last one"
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read()
 
 
 def test_binary_serves_lambda_invocations(tmp_path):
