@@ -10,13 +10,13 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
 
 use guardlake::config::DEFAULT_FLUSH_BYTES;
 use guardlake::normalize::drift::check_text;
 use guardlake::normalize::finding_text::normalize_str;
 use guardlake::normalize::guardduty::{FindingVersion, RunStamp};
+use guardlake::pipeline::writer;
 use guardlake::sink::parquet::{FindingsWriter, StagedFile};
 use guardlake::sources::guardduty::{read_page, split_findings};
 
@@ -115,12 +115,15 @@ fn main() {
             run_id: "bench".into(),
             collected_at_ms: base_ms,
         };
-        let writer = FindingsWriter::new(work.clone(), stamp, DEFAULT_FLUSH_BYTES, 128 << 20);
+        let writer = |k: usize| {
+            FindingsWriter::new(work.clone(), stamp.clone(), DEFAULT_FLUSH_BYTES, 128 << 20)
+                .named(&format!("bench-{k}"))
+        };
         let started = Instant::now();
         let files = if threads == 1 {
-            one_thread(&pages, writer)
+            one_thread(&pages, writer(0))
         } else {
-            workers(&pages, writer, threads)
+            workers(&pages, (0..threads).map(writer).collect(), threads)
         };
         let seconds = started.elapsed().as_secs_f64();
         let parquet_bytes: u64 = files
@@ -133,7 +136,7 @@ fn main() {
         let shape = if threads == 1 {
             "one thread does everything".to_owned()
         } else {
-            format!("{threads} threads read pages, one writer thread encodes")
+            format!("{threads} threads read pages, {threads} encoder threads encode")
         };
         report += &format!(
             "{threads} thread(s):       {:.0} findings/s ({seconds:.2} s; {shape}); {:.1} MiB Parquet in {} files; peak RSS {:.1} MiB\n",
@@ -174,29 +177,31 @@ fn one_thread(pages: &[Vec<u8>], mut writer: FindingsWriter) -> Vec<StagedFile> 
     writer.finish().unwrap()
 }
 
-/// `threads` readers take pages in turn and send each page's rows to one writer thread, as a
-/// run's chains send theirs to the table's writer (`pipeline::writer`: 32 batches or 16 MiB
-/// in flight; these pages, about 100 KiB each, stay under the bytes).
-fn workers(pages: &[Vec<u8>], mut writer: FindingsWriter, threads: usize) -> Vec<StagedFile> {
+/// `threads` readers take pages in turn and send each page's rows to the table's writer, as a
+/// run's chains send theirs (`pipeline::writer::spawn`: one encoder per thread, fed batches of an
+/// equal share of the flush size; 32 pages or 16 MiB in flight, and these pages, about 100 KiB
+/// each, stay under the bytes).
+fn workers(pages: &[Vec<u8>], writers: Vec<FindingsWriter>, threads: usize) -> Vec<StagedFile> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::sync_channel::<Vec<FindingVersion>>(32);
+    let (sink, writer) = {
+        let _entered = runtime.enter();
+        writer::spawn(writers, DEFAULT_FLUSH_BYTES / threads as u64)
+    };
     std::thread::scope(|scope| {
-        let encoder = scope.spawn(move || {
-            for row in rx.into_iter().flatten() {
-                writer.push(row).unwrap();
-            }
-            writer.finish().unwrap()
-        });
         for _ in 0..threads {
-            let tx = tx.clone();
-            let next = &next;
+            let (sink, next, runtime) = (sink.clone(), &next, &runtime);
             scope.spawn(move || {
                 while let Some(page) = pages.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    tx.send(rows(page).collect()).unwrap();
+                    runtime.block_on(sink.send(rows(page).collect())).unwrap();
                 }
             });
         }
-        drop(tx);
-        encoder.join().unwrap()
-    })
+    });
+    drop(sink);
+    runtime.block_on(writer.finish()).unwrap()
 }

@@ -239,15 +239,25 @@ impl<'a> Findings<'a> {
             run_id: run.run_id.to_owned(),
             collected_at_ms: run.run_start_ms,
         };
-        let (rows, writer) = writer::spawn(
-            FindingsWriter::new(
-                run.work_dir.to_owned(),
-                stamp,
-                run.config.flush_bytes,
-                run.config.target_file_bytes,
-            )
-            .named(run.stem),
-        );
+        // One encoder per thread, each with its own files; rows go to them in batches of an
+        // equal share of `flush_bytes`, so as much is buffered as with one.
+        let threads = crate::cpu::threads();
+        let writers = (0..threads)
+            .map(|k| {
+                let writer = FindingsWriter::new(
+                    run.work_dir.to_owned(),
+                    stamp.clone(),
+                    run.config.flush_bytes,
+                    run.config.target_file_bytes,
+                );
+                match threads {
+                    1 => writer.named(run.stem),
+                    _ => writer.named(&format!("{}-{k}", run.stem)),
+                }
+            })
+            .collect();
+        let batch_bytes = (run.config.flush_bytes / threads as u64).max(1);
+        let (rows, writer) = writer::spawn(writers, batch_bytes);
         let source = Findings {
             run,
             rows,

@@ -85,20 +85,102 @@ pub struct Writer {
     handle: JoinHandle<Result<Vec<StagedFile>, String>>,
 }
 
-/// Starts a writer on its own blocking thread.
-pub fn spawn<R: LakeRow + Send + 'static>(mut writer: PartitionWriter<R>) -> (RowSink<R>, Writer) {
-    let (sink, mut rx) = channel::<R>();
-    let handle = tokio::task::spawn_blocking(move || {
-        while let Some((rows, share)) = rx.blocking_recv() {
-            for row in rows {
-                writer.push(row).map_err(|e| e.to_string())?;
-            }
-            // The rows are the writer's now (bounded by its flush size): free their bytes.
-            drop(share);
+/// Starts a table's writer on a blocking thread of its own. `writers` are its encoders (at least
+/// one; each writes its own files): with one, that thread buffers and encodes; with more, it
+/// gathers rows into batches of `batch_bytes` and hands each, sorted and encoded, to whichever
+/// encoder is free, on threads of their own. A run with less than one batch of rows writes one
+/// file per `dt` either way.
+pub fn spawn<R: LakeRow + Send + 'static>(
+    mut writers: Vec<PartitionWriter<R>>,
+    batch_bytes: u64,
+) -> (RowSink<R>, Writer) {
+    let (sink, rx) = channel::<R>();
+    let handle = match (writers.pop(), writers.is_empty()) {
+        (Some(writer), true) => tokio::task::spawn_blocking(move || encode(writer, rx)),
+        (Some(last), false) => {
+            writers.push(last);
+            tokio::task::spawn_blocking(move || gather(writers, batch_bytes, rx))
         }
-        writer.finish().map_err(|e| e.to_string())
-    });
+        (None, _) => tokio::task::spawn_blocking(|| Err("a table needs a writer".to_owned())),
+    };
     (sink, Writer { handle })
+}
+
+/// One encoder: the rows go into `writer` as they come.
+fn encode<R: LakeRow>(
+    mut writer: PartitionWriter<R>,
+    mut rx: mpsc::Receiver<Batch<R>>,
+) -> Result<Vec<StagedFile>, String> {
+    while let Some((rows, share)) = rx.blocking_recv() {
+        for row in rows {
+            writer.push(row).map_err(|e| e.to_string())?;
+        }
+        // The rows are the writer's now (bounded by its flush size): free their bytes.
+        drop(share);
+    }
+    writer.finish().map_err(|e| e.to_string())
+}
+
+/// Several encoders: rows gathered here into batches of `batch_bytes`, each batch encoded whole
+/// by one encoder. A batch waits while every encoder is busy and one batch is queued.
+fn gather<R: LakeRow + Send>(
+    writers: Vec<PartitionWriter<R>>,
+    batch_bytes: u64,
+    mut rx: mpsc::Receiver<Batch<R>>,
+) -> Result<Vec<StagedFile>, String> {
+    let (batches, queue) = std::sync::mpsc::sync_channel::<Vec<R>>(1);
+    // The encoders own the queue's receiving end together: once every one has stopped (they
+    // all failed), it is dropped and the next send below fails instead of waiting forever.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    std::thread::scope(|scope| {
+        let encoders: Vec<_> = writers
+            .into_iter()
+            .map(|mut writer| {
+                let queue = queue.clone();
+                scope.spawn(move || {
+                    loop {
+                        let next = queue.lock().map_err(|e| e.to_string())?.recv();
+                        let Ok(rows) = next else { break };
+                        for row in rows {
+                            writer.push(row).map_err(|e| e.to_string())?;
+                        }
+                        writer.flush().map_err(|e| e.to_string())?;
+                    }
+                    writer.finish().map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        drop(queue);
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some((rows, share)) = rx.blocking_recv() {
+            bytes += rows.iter().map(|r| r.approx_bytes() as u64).sum::<u64>();
+            batch.extend(rows);
+            drop(share);
+            if bytes >= batch_bytes {
+                bytes = 0;
+                // No encoder left to take it (they all failed): stop; senders see it gone.
+                if batches.send(std::mem::take(&mut batch)).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        if !batch.is_empty() {
+            // If every encoder failed, the join below reports why.
+            let _ = batches.send(batch);
+        }
+        drop(batches);
+        let mut files = Vec::new();
+        for encoder in encoders {
+            match encoder.join() {
+                Ok(done) => files.extend(done?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        files.sort_by(|a, b| (a.dt, &a.name).cmp(&(b.dt, &b.name)));
+        Ok(files)
+    })
 }
 
 impl Writer {
@@ -116,19 +198,30 @@ mod tests {
     use super::*;
     use crate::normalize::guardduty::RunStamp;
 
-    #[tokio::test]
-    async fn rows_from_many_senders_all_reach_the_files() {
+    /// Four tasks send 64 pages of 50 findings each through a writer of `encoders` encoders;
+    /// returns the files and the ids read back from them.
+    async fn send_and_read_back(
+        encoders: usize,
+        batch_bytes: u64,
+    ) -> (Vec<StagedFile>, Vec<String>) {
+        use arrow_array::cast::AsArray;
         let dir = tempfile::tempdir().unwrap();
         let stamp = RunStamp {
             run_id: "r".into(),
             collected_at_ms: 0,
         };
-        let (sink, writer) = spawn(crate::sink::parquet::FindingsWriter::new(
-            dir.path().to_owned(),
-            stamp,
-            1 << 20,
-            128 << 20,
-        ));
+        let writers = (0..encoders)
+            .map(|k| {
+                crate::sink::parquet::FindingsWriter::new(
+                    dir.path().to_owned(),
+                    stamp.clone(),
+                    1 << 20,
+                    128 << 20,
+                )
+                .named(&format!("r-{k}"))
+            })
+            .collect();
+        let (sink, writer) = spawn(writers, batch_bytes);
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("schemas/guardduty/examples/port_probe_instance.json");
         let text = std::fs::read_to_string(path).unwrap();
@@ -157,8 +250,116 @@ mod tests {
         }
         drop(sink);
         let files = writer.finish().await.unwrap();
-        let rows: usize = files.iter().map(|f| f.rows).sum();
-        assert_eq!(rows, 4 * CHANNEL_BATCHES * 2 * 50);
+        let mut ids = Vec::new();
+        for file in &files {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&file.path).unwrap(),
+            )
+            .unwrap();
+            for batch in reader.build().unwrap() {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("id").unwrap().as_string::<i32>();
+                ids.extend(column.iter().map(|v| v.unwrap().to_owned()));
+            }
+        }
+        (files, ids)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_row_once_whatever_the_encoder_count() {
+        let mut expected: Vec<String> = (0..4)
+            .flat_map(|t| {
+                (0..CHANNEL_BATCHES * 2)
+                    .flat_map(move |p| (0..50).map(move |i| format!("{t}-{p}-{i}")))
+            })
+            .collect();
+        expected.sort();
+        // (encoders, batch size): one encoder; three with many small batches; three with
+        // fewer rows than one batch.
+        for (encoders, batch_bytes) in [(1, 1 << 20), (3, 256 << 10), (3, 1 << 30)] {
+            let (files, mut ids) = send_and_read_back(encoders, batch_bytes).await;
+            ids.sort();
+            assert_eq!(
+                ids, expected,
+                "{encoders} encoder(s), batches of {batch_bytes} bytes"
+            );
+            assert_eq!(files.iter().map(|f| f.rows).sum::<usize>(), expected.len());
+            let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), files.len(), "file names are distinct");
+            match (encoders, batch_bytes) {
+                (3, 1_073_741_824) => assert_eq!(files.len(), 1, "less than a batch: one file"),
+                (3, _) => assert!(
+                    files
+                        .iter()
+                        .map(|f| &f.name[..3])
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                        > 1,
+                    "many batches are shared among the encoders"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Encoders that all fail (here: their work directory is a file, so no Parquet file can be
+    /// made) stop the senders with an error and the writer with the encoders' error; nothing
+    /// waits forever on a queue no one reads. (The runtime is shut down with a timeout, so a
+    /// regression fails here rather than hanging on the blocked writer thread.)
+    #[test]
+    fn encoders_that_all_fail_stop_senders_and_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let stamp = RunStamp {
+            run_id: "r".into(),
+            collected_at_ms: 0,
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schemas/guardduty/examples/port_probe_instance.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let row = crate::normalize::guardduty::normalize(&value, text).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let wait = std::time::Duration::from_secs(60);
+        let (refused, finished) = runtime.block_on(async {
+            let writers = (0..3)
+                .map(|k| {
+                    let work = not_a_dir.clone();
+                    crate::sink::parquet::FindingsWriter::new(
+                        work,
+                        stamp.clone(),
+                        1 << 20,
+                        128 << 20,
+                    )
+                    .named(&format!("r-{k}"))
+                })
+                .collect();
+            let (sink, writer) = spawn(writers, 64 << 10);
+            let sending = async {
+                for _ in 0..100_000 {
+                    if sink.send(vec![row.clone(); 50]).await.is_err() {
+                        return true;
+                    }
+                }
+                false
+            };
+            let refused = tokio::time::timeout(wait, sending).await;
+            drop(sink);
+            (refused, tokio::time::timeout(wait, writer.finish()).await)
+        });
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        assert_eq!(refused, Ok(true), "a send fails once every encoder stopped");
+        let error = finished
+            .expect("the writer ends")
+            .expect_err("with the encoders' error");
+        assert!(matches!(error, RunError::Encode(_)), "{error}");
     }
 
     /// Rows waiting for the writer are bounded in bytes, not only in batches: with the budget
