@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::{RunError, TargetFailure, TargetStatus};
+use crate::sink::encoders::Encoders;
 use crate::sink::parquet::{LakeRow, PartitionWriter, StagedFile};
 
 /// Batches in flight between the collecting tasks and a writer (a GetFindings page is at most
@@ -122,65 +123,34 @@ fn encode<R: LakeRow>(
 }
 
 /// Several encoders: rows gathered here into batches of `batch_bytes`, each batch encoded whole
-/// by one encoder. A batch waits while every encoder is busy and one batch is queued.
-fn gather<R: LakeRow + Send>(
+/// by one [`Encoders`] thread. A batch waits while every encoder is busy and one batch is queued.
+fn gather<R: LakeRow + Send + 'static>(
     writers: Vec<PartitionWriter<R>>,
     batch_bytes: u64,
     mut rx: mpsc::Receiver<Batch<R>>,
 ) -> Result<Vec<StagedFile>, String> {
-    let (batches, queue) = std::sync::mpsc::sync_channel::<Vec<R>>(1);
-    // The encoders own the queue's receiving end together: once every one has stopped (they
-    // all failed), it is dropped and the next send below fails instead of waiting forever.
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-    std::thread::scope(|scope| {
-        let encoders: Vec<_> = writers
-            .into_iter()
-            .map(|mut writer| {
-                let queue = queue.clone();
-                scope.spawn(move || {
-                    loop {
-                        let next = queue.lock().map_err(|e| e.to_string())?.recv();
-                        let Ok(rows) = next else { break };
-                        for row in rows {
-                            writer.push(row).map_err(|e| e.to_string())?;
-                        }
-                        writer.flush().map_err(|e| e.to_string())?;
-                    }
-                    writer.finish().map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        drop(queue);
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        while let Some((rows, share)) = rx.blocking_recv() {
-            bytes += rows.iter().map(|r| r.approx_bytes() as u64).sum::<u64>();
-            batch.extend(rows);
-            drop(share);
-            if bytes >= batch_bytes {
-                bytes = 0;
-                // No encoder left to take it (they all failed): stop; senders see it gone.
-                if batches.send(std::mem::take(&mut batch)).is_err() {
-                    break;
-                }
+    let encoders = Encoders::start(writers);
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some((rows, share)) = rx.blocking_recv() {
+        bytes += rows.iter().map(|r| r.approx_bytes() as u64).sum::<u64>();
+        batch.extend(rows);
+        drop(share);
+        if bytes >= batch_bytes {
+            bytes = 0;
+            // No encoder left to take it (they all failed): stop; senders see the channel gone
+            // and `finish` reports why.
+            if encoders.send(std::mem::take(&mut batch)).is_err() {
+                break;
             }
         }
-        drop(rx);
-        if !batch.is_empty() {
-            // If every encoder failed, the join below reports why.
-            let _ = batches.send(batch);
-        }
-        drop(batches);
-        let mut files = Vec::new();
-        for encoder in encoders {
-            match encoder.join() {
-                Ok(done) => files.extend(done?),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        files.sort_by(|a, b| (a.dt, &a.name).cmp(&(b.dt, &b.name)));
-        Ok(files)
-    })
+    }
+    drop(rx);
+    if !batch.is_empty() {
+        // Refused only if every encoder failed, which `finish` reports.
+        let _ = encoders.send(batch);
+    }
+    encoders.finish()
 }
 
 impl Writer {
@@ -311,8 +281,7 @@ mod tests {
     #[test]
     fn encoders_that_all_fail_stop_senders_and_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let not_a_dir = dir.path().join("file");
-        std::fs::write(&not_a_dir, b"").unwrap();
+        let not_a_dir = crate::sink::encoders::unwritable_dir(dir.path());
         let stamp = RunStamp {
             run_id: "r".into(),
             collected_at_ms: 0,

@@ -8,12 +8,11 @@
 //! a bounded queue holds them back when the encoders fall behind, which bounds memory.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use crate::error::RunError;
 use crate::normalize::cloudtrail::EventRow;
+use crate::sink::encoders::Encoders;
 use crate::sink::parquet::{PartitionWriter, StagedFile};
 use crate::sink::spill::Spill;
 use crate::sources::cloudtrail::{BadEvent, EventIds};
@@ -24,8 +23,8 @@ pub struct EventSink {
     inner: Mutex<Inner>,
     /// Every event id of the run: callers keep a row only when it is new here.
     seen: EventIds,
-    /// The encoder threads' queue and handles (none: the caller encodes).
-    pool: Option<Pool>,
+    /// The encoder threads (none: the caller encodes).
+    pool: Option<Encoders<EventRow>>,
 }
 
 struct Inner {
@@ -40,14 +39,6 @@ struct Inner {
     error: Option<String>,
 }
 
-/// An encoder thread: the files it wrote, or why it stopped.
-type Encoder = JoinHandle<Result<Vec<StagedFile>, String>>;
-
-struct Pool {
-    queue: Mutex<Option<SyncSender<Vec<EventRow>>>>,
-    workers: Mutex<Vec<Encoder>>,
-}
-
 impl EventSink {
     /// `writer(k)` makes encoder k's writer (its files named apart from the others').
     pub fn new(
@@ -57,63 +48,34 @@ impl EventSink {
         bad: Spill,
     ) -> Self {
         let encoders = encoders.max(1);
-        let inner = |writer| Inner {
-            writer,
-            waiting: Vec::new(),
-            waiting_bytes: 0,
-            batch_bytes: (flush_bytes / encoders as u64).max(1),
-            bad,
-            error: None,
+        let (own, pool) = match encoders {
+            1 => (Some(writer(0)), None),
+            _ => (
+                None,
+                Some(Encoders::start((0..encoders).map(writer).collect())),
+            ),
         };
-        if encoders == 1 {
-            return Self {
-                inner: Mutex::new(inner(Some(writer(0)))),
-                seen: EventIds::default(),
-                pool: None,
-            };
-        }
-        let (queue, rx) = sync_channel::<Vec<EventRow>>(1);
-        let rx = std::sync::Arc::new(Mutex::new(rx));
-        let workers = (0..encoders)
-            .map(|k| {
-                let rx = rx.clone();
-                let mut writer = writer(k);
-                std::thread::spawn(move || {
-                    loop {
-                        let rows = match rx.lock().map(|rx| rx.recv()) {
-                            Ok(Ok(rows)) => rows,
-                            _ => break,
-                        };
-                        for row in rows {
-                            writer.push(row).map_err(|e| e.to_string())?;
-                        }
-                        writer.flush().map_err(|e| e.to_string())?;
-                    }
-                    writer.finish().map_err(|e| e.to_string())
-                })
-            })
-            .collect();
         Self {
-            inner: Mutex::new(inner(None)),
-            seen: EventIds::default(),
-            pool: Some(Pool {
-                queue: Mutex::new(Some(queue)),
-                workers: Mutex::new(workers),
+            inner: Mutex::new(Inner {
+                writer: own,
+                waiting: Vec::new(),
+                waiting_bytes: 0,
+                batch_bytes: (flush_bytes / encoders as u64).max(1),
+                bad,
+                error: None,
             }),
+            seen: EventIds::default(),
+            pool,
         }
     }
 
     /// Hands a full batch to the encoders, waiting while they are all busy.
     fn hand_off(&self, rows: Vec<EventRow>) -> Result<(), String> {
-        let Some(pool) = &self.pool else {
-            return Ok(());
-        };
-        let queue = pool.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match queue {
-            Some(queue) => queue
+        match &self.pool {
+            Some(pool) => pool
                 .send(rows)
                 .map_err(|_| "the CloudTrail encoders stopped".to_owned()),
-            None => Err("the CloudTrail events were already finished".to_owned()),
+            None => Ok(()),
         }
     }
 
@@ -124,21 +86,15 @@ impl EventSink {
         let mut files = Vec::new();
         let mut error = inner.error.take();
         if let Some(pool) = self.pool {
-            let queue = pool.queue.into_inner().unwrap_or_else(|p| p.into_inner());
-            if let Some(queue) = queue {
-                let rows = std::mem::take(&mut inner.waiting);
-                if !rows.is_empty() && queue.send(rows).is_err() {
-                    error.get_or_insert_with(|| "the CloudTrail encoders stopped".to_owned());
-                }
+            let rows = std::mem::take(&mut inner.waiting);
+            if !rows.is_empty() {
+                // Refused only if every encoder failed, which `finish` reports.
+                let _ = pool.send(rows);
             }
-            for worker in pool.workers.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                match worker.join() {
-                    Ok(Ok(done)) => files.extend(done),
-                    Ok(Err(e)) => {
-                        error.get_or_insert(e);
-                    }
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+            match pool.finish() {
+                Ok(done) => files.extend(done),
+                // The encoders' own error, rather than "stopped" seen by a sender.
+                Err(e) => error = Some(e),
             }
         }
         if let Some(writer) = inner.writer.take() {
@@ -268,5 +224,30 @@ mod tests {
             names.dedup();
             assert_eq!(names.len(), files.len(), "file names are distinct");
         }
+    }
+
+    /// Encoders that cannot write (their work directory is a file) fail the run with their own
+    /// error, not with the "stopped" a sender saw, and no `take` waits forever on them.
+    #[test]
+    fn encoders_that_fail_fail_the_run_with_their_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = crate::sink::encoders::unwritable_dir(dir.path());
+        let stamp = RunStamp {
+            run_id: "r".into(),
+            collected_at_ms: 0,
+        };
+        let writer = |k: usize| {
+            PartitionWriter::new(not_a_dir.clone(), stamp.clone(), 4096, 1 << 30)
+                .named(&format!("r-{k}"))
+        };
+        let sink = EventSink::new(2, 4096, writer, Spill::new(dir.path().join("bad")));
+        for chunk in (0..3000).collect::<Vec<_>>().chunks(100) {
+            sink.take(chunk.iter().map(|i| row(*i)).collect(), Vec::new());
+        }
+        let error = sink.finish().expect_err("the encoders failed");
+        let RunError::Encode(message) = error else {
+            panic!("{error}")
+        };
+        assert!(!message.contains("stopped"), "{message}");
     }
 }
