@@ -58,16 +58,13 @@ fn sink(run: &Run<'_>, dir: std::path::PathBuf, stamp: RunStamp) -> EventSink {
     let config = run.config;
     let encoders = crate::cpu::threads();
     let writer = |k: usize| {
-        let writer = PartitionWriter::new(
+        PartitionWriter::new(
             dir.clone(),
             stamp.clone(),
             config.flush_bytes,
             config.target_file_bytes,
-        );
-        match encoders {
-            1 => writer.named(run.stem),
-            _ => writer.named(&format!("{}-{k}", run.stem)),
-        }
+        )
+        .named(&crate::sink::encoders::stem(run.stem, k, encoders))
     };
     EventSink::new(
         encoders,

@@ -240,20 +240,17 @@ impl<'a> Findings<'a> {
             collected_at_ms: run.run_start_ms,
         };
         // One encoder per thread, each with its own files; rows go to them in batches of an
-        // equal share of `flush_bytes`, so as much is buffered as with one.
+        // equal share of `flush_bytes`, so about as much is buffered as with one.
         let threads = crate::cpu::threads();
         let writers = (0..threads)
             .map(|k| {
-                let writer = FindingsWriter::new(
+                FindingsWriter::new(
                     run.work_dir.to_owned(),
                     stamp.clone(),
                     run.config.flush_bytes,
                     run.config.target_file_bytes,
-                );
-                match threads {
-                    1 => writer.named(run.stem),
-                    _ => writer.named(&format!("{}-{k}", run.stem)),
-                }
+                )
+                .named(&crate::sink::encoders::stem(run.stem, k, threads))
             })
             .collect();
         let batch_bytes = (run.config.flush_bytes / threads as u64).max(1);

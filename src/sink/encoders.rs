@@ -16,6 +16,15 @@ pub struct Encoders<R> {
     threads: Vec<JoinHandle<Result<Vec<StagedFile>, String>>>,
 }
 
+/// The file stem of encoder `k` of `encoders`: the run's own stem when it is the only one,
+/// `<stem>-<k>` when there are several (each writes its own files).
+pub fn stem(run_stem: &str, k: usize, encoders: usize) -> String {
+    match encoders {
+        1 => run_stem.to_owned(),
+        _ => format!("{run_stem}-{k}"),
+    }
+}
+
 /// A send found no encoder left to take the batch; [`Encoders::finish`] reports why.
 #[derive(Debug)]
 pub struct Stopped;
