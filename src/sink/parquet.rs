@@ -120,12 +120,12 @@ pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// The one set of writer properties: zstd level 1, page-level statistics, `created_by` in the
 /// form parquet-mr parses (`guardlake version 0.1.0`); the columns of whole records and
-/// request JSON plain, without statistics; the [`TINY_COLUMNS`] uncompressed. Level 1 everywhere: parquet makes a zstd context per
-/// page, and level 3's (larger tables to clear) cost 4% of the 10x org-trail run at 2 threads,
-/// for a lake 1.5% smaller (measured on that corpus).
+/// request JSON plain, without statistics; the [`TINY_COLUMNS`] uncompressed. Level 1 everywhere:
+/// parquet makes a zstd context per page, and level 3's (larger tables to clear) cost 4% of the
+/// 10x org-trail run at 2 threads, for a lake 1.5% smaller (measured on that corpus).
 pub fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(zstd())
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_size(MAX_ROW_GROUP_ROWS)
         .set_created_by(format!("guardlake version {}", env!("CARGO_PKG_VERSION")));
@@ -134,7 +134,7 @@ pub fn writer_properties() -> WriterProperties {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
     // Whole records and request JSON: the bulk of the bytes, read only to see a record whole.
-    // Plain pages, no min/max statistics (nobody filters on them), zstd at its fastest level.
+    // Plain pages, no min/max statistics (nobody filters on them).
     for column in [
         "raw",
         "request_parameters",
@@ -143,17 +143,18 @@ pub fn writer_properties() -> WriterProperties {
     ] {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
-            .set_column_compression(
-                ColumnPath::from(column),
-                Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
-            );
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
     }
     for column in TINY_COLUMNS {
         builder =
             builder.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
     }
     builder.build()
+}
+
+/// The codec of every column but the [`TINY_COLUMNS`]: zstd at level 1.
+pub fn zstd() -> Compression {
+    Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
 }
 
 /// Columns of one value per run (`run_id`, `collected_at`) or a handful of values (regions,
@@ -457,7 +458,7 @@ mod tests {
                 let name = column.column_path().string();
                 let expected = match TINY_COLUMNS.contains(&name.as_str()) {
                     true => Compression::UNCOMPRESSED,
-                    false => Compression::ZSTD(ZstdLevel::try_new(1).unwrap()),
+                    false => zstd(),
                 };
                 assert_eq!(column.compression(), expected, "{name}");
                 seen.push(name);
