@@ -52,11 +52,10 @@ struct OrgTrail {
     rules: Arc<orgtrail::Rules>,
 }
 
-/// The run's CloudTrail rows: one encoder per thread when there are several, each writing its
-/// own files.
+/// The run's CloudTrail rows: one writer per thread, each writing its own files.
 fn sink(run: &Run<'_>, dir: std::path::PathBuf, stamp: RunStamp) -> EventSink {
     let config = run.config;
-    let encoders = crate::cpu::threads();
+    let writers = crate::cpu::threads();
     let writer = |k: usize| {
         PartitionWriter::new(
             dir.clone(),
@@ -64,10 +63,10 @@ fn sink(run: &Run<'_>, dir: std::path::PathBuf, stamp: RunStamp) -> EventSink {
             config.flush_bytes,
             config.target_file_bytes,
         )
-        .named(&crate::sink::encoders::stem(run.stem, k, encoders))
+        .named(&crate::sink::encoders::stem(run.stem, k, writers))
     };
     EventSink::new(
-        encoders,
+        writers,
         config.flush_bytes,
         writer,
         Spill::new(run.work_dir.join("quarantine-cloudtrail.jsonl")),
@@ -423,7 +422,8 @@ impl Source for Events<'_> {
                     .collect()
             }
         };
-        orgtrail::Sink::take(&*self.sink, rows, result.bad);
+        // Filling a buffer encodes it here: off the runtime's other tasks.
+        crate::cpu::in_place(|| orgtrail::Sink::take(&*self.sink, rows, result.bad));
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())

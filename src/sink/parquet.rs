@@ -262,12 +262,24 @@ impl<R: LakeRow> PartitionWriter<R> {
     }
 
     pub fn push(&mut self, row: R) -> Result<(), parquet::errors::ParquetError> {
-        self.buffered_bytes += row.approx_bytes() as u64;
-        self.buffered.entry(row.dt()).or_default().push(row);
+        self.buffer(row);
         if self.buffered_bytes >= self.flush_bytes {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Encodes `rows` with whatever is buffered, as one flush, however large they are.
+    pub fn push_all(&mut self, rows: Vec<R>) -> Result<(), parquet::errors::ParquetError> {
+        for row in rows {
+            self.buffer(row);
+        }
+        self.flush()
+    }
+
+    fn buffer(&mut self, row: R) {
+        self.buffered_bytes += row.approx_bytes() as u64;
+        self.buffered.entry(row.dt()).or_default().push(row);
     }
 
     /// Sorts and encodes everything buffered into the open file of each `dt`.
