@@ -366,12 +366,17 @@ pub struct RunStamp {
 }
 
 /// Builds one `findings` RecordBatch from rows (or references to rows), columns in
-/// `schemas/findings.json` order.
+/// `schemas/findings.json` order, leaving out the columns named in `without`.
 pub fn to_record_batch<R: std::borrow::Borrow<FindingVersion>>(
     rows: &[R],
     stamp: &RunStamp,
+    without: &[&str],
 ) -> Result<RecordBatch, ArrowError> {
     let schema = schema::findings().arrow_schema();
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !without.contains(&schema.field(i).name().as_str()))
+        .collect();
+    let schema = Arc::new(schema.project(&keep)?);
     let c = Columns { rows };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
@@ -689,7 +694,7 @@ mod tests {
             run_id: "r".into(),
             collected_at_ms: 0,
         };
-        let batch = to_record_batch(&rows, &stamp).unwrap();
+        let batch = to_record_batch(&rows, &stamp, &[]).unwrap();
         assert_eq!(batch.num_rows(), rows.len());
         assert_eq!(batch.schema(), schema::findings().arrow_schema());
     }
