@@ -138,7 +138,7 @@ impl LakeRow for EventRow {
         schema::cloudtrail_events().arrow_schema()
     }
     /// The record's JSON and its request, response and additional data JSON: on the 1x
-    /// org-trail corpus 0.9 of the table's bytes.
+    /// org-trail corpus 89% of the table's bytes before compression, 66% after.
     const PLAIN: &'static [&'static str] = &[
         "request_parameters",
         "response_elements",
