@@ -795,11 +795,7 @@ pub fn events_batch<R: std::borrow::Borrow<EventRow>>(
     stamp: &RunStamp,
     without: &[&str],
 ) -> Result<RecordBatch, ArrowError> {
-    let schema = schema::cloudtrail_events().arrow_schema();
-    let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !without.contains(&schema.field(i).name().as_str()))
-        .collect();
-    let schema = Arc::new(schema.project(&keep)?);
+    let schema = schema::cloudtrail_events().arrow_schema_without(without);
     let n = rows.len();
     let strings = |bytes: usize| StringBuilder::with_capacity(n, bytes);
     let times = || TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -931,11 +927,12 @@ pub fn links_batch(links: &[FindingEvent], run_id: &str) -> Result<RecordBatch, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn fixtures() -> Vec<(String, Value)> {
+    /// The CloudTrail fixture records, one per identity type: (text, value).
+    pub(crate) fn fixtures() -> Vec<(String, Value)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cloudtrail");
         let mut all: Vec<_> = std::fs::read_dir(dir)
             .unwrap()

@@ -372,11 +372,7 @@ pub fn to_record_batch<R: std::borrow::Borrow<FindingVersion>>(
     stamp: &RunStamp,
     without: &[&str],
 ) -> Result<RecordBatch, ArrowError> {
-    let schema = schema::findings().arrow_schema();
-    let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !without.contains(&schema.field(i).name().as_str()))
-        .collect();
-    let schema = Arc::new(schema.project(&keep)?);
+    let schema = schema::findings().arrow_schema_without(without);
     let c = Columns { rows };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {

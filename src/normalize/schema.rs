@@ -148,9 +148,15 @@ where
 impl TableDef {
     /// The Arrow schema of the data files (partition keys are in the path, not the file).
     pub fn arrow_schema(&self) -> SchemaRef {
+        self.arrow_schema_without(&[])
+    }
+
+    /// The Arrow schema less the columns named in `without` (those written apart from Arrow).
+    pub fn arrow_schema_without(&self, without: &[&str]) -> SchemaRef {
         let fields: Vec<Field> = self
             .columns
             .iter()
+            .filter(|c| !without.contains(&c.name.as_str()))
             .map(|c| {
                 let data_type = arrow_type(&c.type_name).unwrap_or(DataType::Utf8);
                 Field::new(&c.name, data_type, c.nullable)

@@ -595,15 +595,9 @@ mod tests {
     /// `cloudtrail_events` rows from the CloudTrail fixtures, 3,000 of them (a few pages of
     /// each JSON column), with distinct ids and times on one day.
     fn event_rows() -> Vec<EventRow> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cloudtrail");
-        let mut fixtures: Vec<PathBuf> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        fixtures.sort();
-        let records: Vec<serde_json::Value> = fixtures
-            .iter()
-            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        let records: Vec<serde_json::Value> = crate::normalize::cloudtrail::tests::fixtures()
+            .into_iter()
+            .map(|(_, value)| value)
             .collect();
         (0..3000)
             .map(|i| {
