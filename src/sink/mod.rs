@@ -3,6 +3,6 @@ pub mod encoders;
 pub mod events;
 pub mod lake;
 pub mod parquet;
-pub mod plain;
 pub mod spill;
 pub mod store;
+pub mod text;

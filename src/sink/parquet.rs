@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -17,7 +18,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
-use super::plain::PlainPages;
+use super::text::TextPages;
 use crate::normalize::cloudtrail::{events_batch, EventRow, Text};
 use crate::normalize::guardduty::{to_record_batch, FindingVersion, RunStamp};
 use crate::normalize::schema;
@@ -31,14 +32,15 @@ pub trait LakeRow: Sized {
     fn sort_key(&self) -> SortKey<'_>;
     /// The table's columns, in file order.
     fn schema() -> SchemaRef;
-    /// Columns written from the rows' text into plain pages ([`PlainPages`]), not through
-    /// Arrow: text that is most of the bytes and is read only to see a record whole.
-    const PLAIN: &'static [&'static str] = &[];
-    /// This row's value of the column `PLAIN[column]`.
-    fn plain(&self, _column: usize) -> Option<&str> {
+    /// Text columns written straight from the rows ([`TextPages`]), not through Arrow.
+    fn text_columns() -> &'static [&'static str] {
+        &[]
+    }
+    /// This row's value of the column `text_columns()[column]` (`stamp` holds the run's).
+    fn text<'a>(&'a self, _column: usize, _stamp: &'a RunStamp) -> Option<&'a str> {
         None
     }
-    /// The Arrow columns of `rows`: every column of [`Self::schema`] but the `PLAIN` ones.
+    /// The Arrow columns of `rows`: every column of [`Self::schema`] but the text ones.
     fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError>;
 }
 
@@ -111,12 +113,14 @@ impl LakeRow for FindingVersion {
         schema::findings().arrow_schema()
     }
     /// The finding's JSON: most of the table's bytes.
-    const PLAIN: &'static [&'static str] = &["raw"];
-    fn plain(&self, _column: usize) -> Option<&str> {
+    fn text_columns() -> &'static [&'static str] {
+        &["raw"]
+    }
+    fn text<'a>(&'a self, _column: usize, _stamp: &'a RunStamp) -> Option<&'a str> {
         Some(&self.raw)
     }
     fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        to_record_batch(rows, stamp, Self::PLAIN)
+        to_record_batch(rows, stamp, Self::text_columns())
     }
 }
 
@@ -137,24 +141,25 @@ impl LakeRow for EventRow {
     fn schema() -> SchemaRef {
         schema::cloudtrail_events().arrow_schema()
     }
-    /// The record's JSON and its request, response and additional data JSON: on the 1x
-    /// org-trail corpus 89% of the table's bytes before compression, 66% after.
-    const PLAIN: &'static [&'static str] = &[
-        "request_parameters",
-        "response_elements",
-        "additional_event_data",
-        "raw",
-    ];
-    fn plain(&self, column: usize) -> Option<&str> {
-        match column {
-            0 => self.text(Text::RequestParameters),
-            1 => self.text(Text::ResponseElements),
-            2 => self.text(Text::AdditionalEventData),
-            _ => Some(self.raw()),
+    /// Every `string` column: the [`Text`] ones, `raw` and `run_id`. All but `resources`, the
+    /// times and the flags.
+    fn text_columns() -> &'static [&'static str] {
+        static COLUMNS: OnceLock<Vec<&'static str>> = OnceLock::new();
+        COLUMNS.get_or_init(|| {
+            let mut columns: Vec<&str> = Text::ALL.iter().map(|t| t.column()).collect();
+            columns.extend(["raw", "run_id"]);
+            columns
+        })
+    }
+    fn text<'a>(&'a self, column: usize, stamp: &'a RunStamp) -> Option<&'a str> {
+        match Text::ALL.get(column) {
+            Some(text) => EventRow::text(self, *text),
+            None if column == Text::ALL.len() => Some(self.raw()),
+            None => Some(&stamp.run_id),
         }
     }
     fn batch(rows: &[&Self], stamp: &RunStamp) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        events_batch(rows, stamp, Self::PLAIN)
+        events_batch(rows, stamp, Self::text_columns())
     }
 }
 
@@ -280,36 +285,46 @@ impl OpenFile {
         })
     }
 
-    /// Writes `rows` as one row group: the `PLAIN` columns from the rows, the rest from `batch`.
+    /// Writes `rows` as one row group: the text columns from the rows, the rest from `batch`.
     fn write_group<R: LakeRow>(
         &mut self,
         rows: &[&R],
+        stamp: &RunStamp,
         batch: &RecordBatch,
-        plain: &mut Option<PlainPages>,
+        text: &mut Option<TextPages>,
     ) -> Result<(), ParquetError> {
         let schema = R::schema();
         let leaves = self.writer.schema_descr().columns().to_vec();
         let props = self.writer.properties().clone();
         let index = self.writer.flushed_row_groups().len();
         let mut writers = self.columns.create_column_writers(index)?.into_iter();
-        let mut leaf = 0;
+        // The text columns, each one flat leaf, encoded together from the rows.
+        let texts = R::text_columns();
+        let mut descrs = Vec::with_capacity(texts.len());
+        for name in texts {
+            let leaf = leaves.iter().find(|leaf| leaf.path().string() == *name);
+            descrs.push(leaf.cloned().ok_or_else(|| {
+                ParquetError::General(format!("the file schema has no leaf for {name}"))
+            })?);
+        }
+        let encoder = match text {
+            Some(encoder) => encoder,
+            None => text.insert(TextPages::new(zstd())?),
+        };
+        let mut chunks: Vec<_> = encoder
+            .chunks(&descrs, &props, rows.len(), |r, c| rows[r].text(c, stamp))?
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut group = self.writer.next_row_group()?;
         for field in schema.fields() {
             let name = field.name().as_str();
-            if let Some(column) = R::PLAIN.iter().position(|c| *c == name) {
-                // A flat text column: one leaf, whose Arrow writer goes unused.
+            if let Some(column) = texts.iter().position(|c| *c == name) {
+                // Its Arrow writer goes unused.
                 writers.next();
-                let encoder = match plain {
-                    Some(encoder) => encoder,
-                    None => plain.insert(PlainPages::new(zstd())?),
-                };
-                let values = rows.iter().map(|row| row.plain(column));
-                let descr = leaves.get(leaf).cloned().ok_or_else(|| {
-                    ParquetError::General(format!("the file schema has no leaf for {name}"))
-                })?;
-                let (bytes, close) = encoder.chunk(descr, &props, values)?;
-                group.append_column(&bytes, close)?;
-                leaf += 1;
+                if let Some((bytes, close)) = chunks[column].take() {
+                    group.append_column(&bytes, close)?;
+                }
                 continue;
             }
             let array = batch.column_by_name(name).ok_or_else(|| {
@@ -321,7 +336,6 @@ impl OpenFile {
                 })?;
                 writer.write(&values)?;
                 writer.close()?.append_to_row_group(&mut group)?;
-                leaf += 1;
             }
         }
         group.close()?;
@@ -346,8 +360,8 @@ pub struct PartitionWriter<R: LakeRow> {
     files_started: usize,
     /// File names are `<stem>-NNNN.parquet`: the run id, or the run id and shard.
     stem: String,
-    /// Made at the first row group with `PLAIN` columns, then reused.
-    plain: Option<PlainPages>,
+    /// Made at the first row group with text columns, then reused.
+    text: Option<TextPages>,
 }
 
 impl<R: LakeRow> PartitionWriter<R> {
@@ -363,7 +377,7 @@ impl<R: LakeRow> PartitionWriter<R> {
             files_started: 0,
             stem: stamp.run_id.clone(),
             stamp,
-            plain: None,
+            text: None,
         }
     }
 
@@ -411,7 +425,7 @@ impl<R: LakeRow> PartitionWriter<R> {
                         entry.insert(OpenFile::create::<R>(path, name)?)
                     }
                 };
-                open.write_group(chunk, &batch, &mut self.plain)?;
+                open.write_group(chunk, &self.stamp, &batch, &mut self.text)?;
                 if open.writer.bytes_written() as u64 >= self.target_file_bytes {
                     if let Some(full) = self.open.remove(&dt) {
                         self.close(dt, full)?;
@@ -611,7 +625,7 @@ mod tests {
     }
 
     /// Writes `rows` with a `PartitionWriter` into one file and reads it back whole. The
-    /// `PLAIN` columns go into plain pages straight from the rows and the rest through Arrow;
+    /// text columns are encoded straight from the rows and the rest through Arrow;
     /// read back, the file must be exactly the Arrow batch of every column of the sorted rows.
     fn assert_reads_back_as_the_arrow_batch<R: LakeRow>(
         rows: Vec<R>,
@@ -633,7 +647,7 @@ mod tests {
         let reader =
             ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0].path).unwrap()).unwrap();
         let columns = reader.metadata().row_group(0).columns();
-        for plain in R::PLAIN {
+        for plain in R::text_columns() {
             let column = columns.iter().find(|c| c.column_path().string() == *plain);
             assert_eq!(column.unwrap().num_values(), count, "{plain}");
         }
