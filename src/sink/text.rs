@@ -58,8 +58,8 @@ struct Buffers {
 }
 
 /// Rows a column takes before the next column does: the rows' text, read by every column in
-/// turn, stays in the CPU's cache (a row group's rows are tens of MiB; a pass of each column
-/// over all of them missed the cache at every row, and took longer than Arrow's row-wise fill).
+/// turn, stays in the CPU's cache (a row group's rows are MiBs; a pass of each column over all
+/// of them missed the cache at every row, and gained nothing over Arrow's row-wise fill).
 const BLOCK_ROWS: usize = 256;
 
 /// How one column is written, from the writer properties.
