@@ -155,28 +155,12 @@ impl TextPages {
         })
     }
 
-    /// One column chunk holding `values` in order (one per row, `None` a null), as the bytes and
-    /// the close result `append_column` takes. Dictionary, statistics, page limits and codec are
-    /// the column's in `props`; the codec must be zstd or none. A value larger than a page has a
-    /// page of its own.
-    pub fn chunk<'a>(
-        &mut self,
-        descr: ColumnDescPtr,
-        props: &WriterProperties,
-        values: impl Iterator<Item = Option<&'a str>>,
-    ) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
-        let mut column = ColumnChunk::new(descr, props, self.spare.pop().unwrap_or_default())?;
-        for value in values {
-            column.push(value, &mut self.codec)?;
-        }
-        let (chunk, buffers) = column.finish(&mut self.codec)?;
-        self.spare.push(buffers);
-        Ok(chunk)
-    }
-
     /// The chunks of columns `descrs` over `rows` rows, column `c` of row `r` being
-    /// `value(r, c)`, in `descrs` order: as [`Self::chunk`] makes them, but every column reads a
-    /// block of rows before the next block is read, so each row's text is read from the cache.
+    /// `value(r, c)` (`None` a null), in `descrs` order, as the bytes and close results
+    /// `append_column` takes. Dictionary, statistics, page limits and codec are each column's in
+    /// `props`; the codec must be zstd or none. A value larger than a page has a page of its own.
+    /// Every column reads a block of rows before the next block is read, so each row's text is
+    /// read from the cache.
     pub fn chunks<'a>(
         &mut self,
         descrs: &[ColumnDescPtr],
@@ -244,7 +228,22 @@ impl<'a> ColumnChunk<'a> {
     fn push(&mut self, value: Option<&'a str>, codec: &mut Codec) -> Result<(), ParquetError> {
         let plan = &self.plan;
         let buffers = &mut self.buffers;
-        buffers.level(&self.descr, self.rows, value.is_some())?;
+        match (value, plan.optional) {
+            (_, true) => buffers.level(self.rows, value.is_some()),
+            (None, false) => {
+                return Err(ParquetError::General(format!(
+                    "{} is required but a row has no value",
+                    self.descr.path().string()
+                )))
+            }
+            (Some(_), false) => {}
+        }
+        if value.is_some_and(|text| u32::try_from(text.len()).is_err()) {
+            let column = self.descr.path().string();
+            return Err(ParquetError::General(format!(
+                "a {column} value is over 4 GiB"
+            )));
+        }
         self.rows += 1;
         match value {
             None => self.page.nulls += 1,
@@ -258,15 +257,10 @@ impl<'a> ColumnChunk<'a> {
                 buffers.indices.push(index);
             }
             Some(text) => {
-                let length = u32::try_from(text.len()).map_err(|_| {
-                    let column = self.descr.path().string();
-                    ParquetError::General(format!("a {column} value is over 4 GiB"))
-                })?;
                 if plan.statistics {
                     self.page.add(text);
                 }
-                buffers.page.extend_from_slice(&length.to_le_bytes());
-                buffers.page.extend_from_slice(text.as_bytes());
+                append_plain(&mut buffers.page, text);
             }
         }
         let over = self.encode_dictionary && self.dictionary.bytes > plan.dictionary_bytes;
@@ -321,28 +315,13 @@ impl<'a> ColumnChunk<'a> {
 
 impl Buffers {
     /// Adds row `row` of the page's definition level (optional columns only).
-    fn level(
-        &mut self,
-        descr: &ColumnDescPtr,
-        row: usize,
-        present: bool,
-    ) -> Result<(), ParquetError> {
-        if descr.max_def_level() == 0 {
-            return match present {
-                true => Ok(()),
-                false => Err(ParquetError::General(format!(
-                    "{} is required but a row has no value",
-                    descr.path().string()
-                ))),
-            };
-        }
+    fn level(&mut self, row: usize, present: bool) {
         if row.is_multiple_of(8) {
             self.present.push(0);
         }
         if let (true, Some(bits)) = (present, self.present.last_mut()) {
             *bits |= 1 << (row % 8);
         }
-        Ok(())
     }
 
     fn start_page(&mut self, room: usize) {
@@ -404,9 +383,7 @@ impl Buffers {
     ) -> Result<CompressedPage, ParquetError> {
         self.start_page(0);
         for value in values {
-            self.page
-                .extend_from_slice(&(value.len() as u32).to_le_bytes());
-            self.page.extend_from_slice(value.as_bytes());
+            append_plain(&mut self.page, value);
         }
         let page = Page::DictionaryPage {
             buf: codec.compress(compressed, &self.page)?,
@@ -664,6 +641,13 @@ fn upper_bound(value: Option<&str>, length: Option<usize>) -> (Option<Vec<u8>>, 
     exact
 }
 
+/// `value` PLAIN-encoded (its 4-byte length, then its bytes) onto `out`. Its length fits in
+/// 4 bytes: [`ColumnChunk::push`] refuses a longer value.
+fn append_plain(out: &mut Vec<u8>, value: &str) {
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value.as_bytes());
+}
+
 /// Bits for the indices of a dictionary of `entries` values (0 for one value, as parquet).
 fn bit_width(entries: usize) -> u8 {
     (usize::BITS - entries.saturating_sub(1).leading_zeros()) as u8
@@ -808,12 +792,13 @@ mod tests {
             let a: Vec<Option<String>> = group.iter().map(|&i| optional_value(i)).collect();
             let b: Vec<String> = group.iter().map(|&i| required_value(i)).collect();
             let mut row_group = writer.next_row_group().unwrap();
-            let values = a.iter().map(|v| v.as_deref());
-            let (bytes, close) = pages.chunk(leaves[0].clone(), &props, values).unwrap();
-            row_group.append_column(&bytes, close).unwrap();
-            let values = b.iter().map(|v| Some(v.as_str()));
-            let (bytes, close) = pages.chunk(leaves[1].clone(), &props, values).unwrap();
-            row_group.append_column(&bytes, close).unwrap();
+            let value = |r: usize, c: usize| match c {
+                0 => a[r].as_deref(),
+                _ => Some(b[r].as_str()),
+            };
+            for (bytes, close) in pages.chunks(&leaves, &props, group.len(), value).unwrap() {
+                row_group.append_column(&bytes, close).unwrap();
+            }
             row_group.close().unwrap();
         }
         Bytes::from(writer.into_inner().unwrap())
@@ -833,6 +818,32 @@ mod tests {
             .build();
         let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
         writer.write(&batch).unwrap();
+        Bytes::from(writer.into_inner().unwrap())
+    }
+
+    /// One chunk of `values` in the one column of `message`, by a new `TextPages`.
+    fn one_chunk(
+        message: &str,
+        props: &WriterProperties,
+        values: &[Option<&str>],
+    ) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
+        let schema = parse_message_type(message).unwrap();
+        let leaf = parquet::schema::types::SchemaDescriptor::new(Arc::new(schema)).column(0);
+        let mut pages = TextPages::new(zstd()).unwrap();
+        let chunks = pages.chunks(&[leaf], props, values.len(), |r, _| values[r])?;
+        Ok(chunks.into_iter().next().unwrap())
+    }
+
+    /// A file of one row group: `values` in the one column of `message`, zstd, parquet's
+    /// default properties otherwise.
+    fn one_chunk_file(message: &str, values: &[Option<&str>]) -> Bytes {
+        let schema = Arc::new(parse_message_type(message).unwrap());
+        let props = Arc::new(WriterProperties::builder().set_compression(zstd()).build());
+        let mut writer = SerializedFileWriter::new(Vec::new(), schema, props.clone()).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let (bytes, close) = one_chunk(message, &props, values).unwrap();
+        group.append_column(&bytes, close).unwrap();
+        group.close().unwrap();
         Bytes::from(writer.into_inner().unwrap())
     }
 
@@ -946,8 +957,6 @@ mod tests {
     /// back exact.
     #[test]
     fn dictionary_indices_read_back_in_every_run_shape() {
-        let schema = parse_message_type("message m { required binary b (STRING); }").unwrap();
-        let props = Arc::new(WriterProperties::builder().set_compression(zstd()).build());
         let shapes: [&dyn Fn(usize) -> String; 4] = [
             &|_| "one".to_owned(),
             &|i| format!("{}", i / 37 % 3),
@@ -959,18 +968,8 @@ mod tests {
         ];
         for shape in shapes {
             let values: Vec<String> = (0..5000).map(shape).collect();
-            let mut writer =
-                SerializedFileWriter::new(Vec::new(), Arc::new(schema.clone()), props.clone())
-                    .unwrap();
-            let leaf = writer.schema_descr().column(0);
-            let mut group = writer.next_row_group().unwrap();
-            let mut pages = TextPages::new(zstd()).unwrap();
-            let (bytes, close) = pages
-                .chunk(leaf, &props, values.iter().map(|v| Some(v.as_str())))
-                .unwrap();
-            group.append_column(&bytes, close).unwrap();
-            group.close().unwrap();
-            let file = Bytes::from(writer.into_inner().unwrap());
+            let chunk: Vec<Option<&str>> = values.iter().map(|v| Some(v.as_str())).collect();
+            let file = one_chunk_file("message m { required binary b (STRING); }", &chunk);
             let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
             let mut got = Vec::new();
             for batch in reader.build().unwrap().map(Result::unwrap) {
@@ -990,19 +989,7 @@ mod tests {
     /// page before its pages, no min or max, and every page of the column index a null page.
     #[test]
     fn a_chunk_of_nulls_reads_back() {
-        let schema = parse_message_type("message m { optional binary a (STRING); }").unwrap();
-        let props = Arc::new(WriterProperties::builder().set_compression(zstd()).build());
-        let mut writer =
-            SerializedFileWriter::new(Vec::new(), Arc::new(schema), props.clone()).unwrap();
-        let leaf = writer.schema_descr().column(0);
-        let mut group = writer.next_row_group().unwrap();
-        let mut pages = TextPages::new(zstd()).unwrap();
-        let (bytes, close) = pages
-            .chunk(leaf, &props, std::iter::repeat_n(None, 30))
-            .unwrap();
-        group.append_column(&bytes, close).unwrap();
-        group.close().unwrap();
-        let file = Bytes::from(writer.into_inner().unwrap());
+        let file = one_chunk_file("message m { optional binary a (STRING); }", &[None; 30]);
         let options = ArrowReaderOptions::new().with_page_index(true);
         let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();
         let column = reader.metadata().row_group(0).column(0).clone();
@@ -1029,14 +1016,9 @@ mod tests {
 
     #[test]
     fn a_required_column_with_a_null_is_an_error_and_other_codecs_are_refused() {
-        let schema = parse_message_type("message m { required binary b (STRING); }").unwrap();
-        let props = Arc::new(WriterProperties::builder().build());
-        let writer = SerializedFileWriter::new(Vec::new(), Arc::new(schema), props.clone());
-        let leaf = writer.unwrap().schema_descr().column(0);
-        let mut pages = TextPages::new(zstd()).unwrap();
-        let error = pages
-            .chunk(leaf.clone(), &props, [Some("x"), None].into_iter())
-            .unwrap_err();
+        let required = "message m { required binary b (STRING); }";
+        let props = WriterProperties::builder().build();
+        let error = one_chunk(required, &props, &[Some("x"), None]).unwrap_err();
         assert!(error.to_string().contains("b is required"), "{error}");
         let refused = TextPages::new(Compression::SNAPPY).err().unwrap();
         assert!(
@@ -1046,9 +1028,7 @@ mod tests {
         let snappy = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
-        let error = pages
-            .chunk(leaf, &snappy, [Some("x")].into_iter())
-            .unwrap_err();
+        let error = one_chunk(required, &snappy, &[Some("x")]).unwrap_err();
         assert!(
             error
                 .to_string()
