@@ -765,7 +765,7 @@ enum Pending {
     NotALog,
     Gone,
     Fetched(Vec<u8>),
-    Reading(tokio::task::JoinHandle<AccountResult>),
+    Reading(std::pin::Pin<Box<dyn std::future::Future<Output = AccountResult> + Send>>),
 }
 
 /// One account's reading: what it produced, and the event ids to skip (a backfill's: the lake's).
@@ -859,8 +859,8 @@ impl Reader<'_> {
                 match self.trail.source.get(&key).await {
                     Ok(Some(bytes)) if elsewhere => {
                         let job = self.job(region, &key, keep);
-                        let reading = tokio::spawn(crate::cpu::run(move || job.run(&bytes)));
-                        ahead.push_back((key, Pending::Reading(reading)));
+                        let reading = crate::cpu::submit(move || job.run(&bytes));
+                        ahead.push_back((key, Pending::Reading(Box::pin(reading))));
                     }
                     Ok(Some(bytes)) => ahead.push_back((key, Pending::Fetched(bytes))),
                     Ok(None) => ahead.push_back((key, Pending::Gone)),
@@ -903,10 +903,7 @@ impl Reader<'_> {
                 let job = self.job(region, key, keep);
                 crate::cpu::in_place(|| job.run(&bytes))
             }
-            Pending::Reading(reading) => match reading.await {
-                Ok(read) => read,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            },
+            Pending::Reading(reading) => reading.await,
         };
         self.result.region(region).objects_read += 1;
         self.result.absorb(read);
