@@ -765,7 +765,7 @@ enum Pending {
     NotALog,
     Gone,
     Fetched(Vec<u8>),
-    Reading(std::pin::Pin<Box<dyn std::future::Future<Output = AccountResult> + Send>>),
+    Reading(futures::future::BoxFuture<'static, AccountResult>),
 }
 
 /// One account's reading: what it produced, and the event ids to skip (a backfill's: the lake's).
