@@ -246,12 +246,20 @@ impl Store {
         match self {
             Self::Local { root } => {
                 let target = Self::local_path(root, key)?;
-                let temp = Self::local_tmp(root, key)?;
-                tokio::fs::copy(local, &temp)
-                    .await
-                    .map_err(|e| StoreError::new(key, e))?;
-                let linked = tokio::fs::hard_link(&temp, &target).await;
-                let _ = tokio::fs::remove_file(&temp).await;
+                // The local file is finished and never written again: on the same filesystem
+                // the lake takes it by a second link; elsewhere, a copy linked in whole.
+                let linked = match tokio::fs::hard_link(local, &target).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        let temp = Self::local_tmp(root, key)?;
+                        tokio::fs::copy(local, &temp)
+                            .await
+                            .map_err(|e| StoreError::new(key, e))?;
+                        let linked = tokio::fs::hard_link(&temp, &target).await;
+                        let _ = tokio::fs::remove_file(&temp).await;
+                        linked
+                    }
+                    linked => linked,
+                };
                 match linked {
                     Ok(()) => Ok(size),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -432,12 +440,14 @@ impl Store {
             Self::Local { root } => {
                 let target = Self::local_path(root, to)?;
                 let temp = Self::local_tmp(root, to)?;
-                tokio::fs::copy(Self::under_root(root, from)?, &temp)
+                link_or_copy(&Self::under_root(root, from)?, &temp)
                     .await
                     .map_err(|e| StoreError::new(from, e))?;
-                tokio::fs::rename(&temp, &target)
-                    .await
-                    .map_err(|e| StoreError::new(to, e))
+                let renamed = tokio::fs::rename(&temp, &target).await;
+                // Renaming a link onto another link of the same file (a copy applied again)
+                // changes nothing and leaves the temporary link.
+                let _ = tokio::fs::remove_file(&temp).await;
+                renamed.map_err(|e| StoreError::new(to, e))
             }
             Self::S3 {
                 client,
@@ -662,6 +672,17 @@ impl Drop for LocalLock {
     }
 }
 
+/// A second link to `from` at `to`, or (another filesystem, or one without hard links) a copy.
+/// For lake files only: they are never written again once staged.
+async fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    match tokio::fs::hard_link(from, to).await {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            tokio::fs::copy(from, to).await.map(|_| ())
+        }
+        linked => linked,
+    }
+}
+
 /// A local file's bytes, or its size when it is over [`MAX_GET_BYTES`] (not read). The size is
 /// the open file's, and the read stops one byte past the limit whatever the file grew to since.
 fn read_local(path: &Path) -> std::io::Result<Result<Vec<u8>, u64>> {
@@ -821,6 +842,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn local_copy_applied_again_keeps_the_file_and_no_temp_link() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::Local {
+            root: root.path().to_owned(),
+        };
+        store
+            .put("_staging/r/t/a.parquet", b"rows".to_vec())
+            .await
+            .unwrap();
+        // A roll-forward applies a journal's copies again: the target then already is a link
+        // to the same file.
+        for _ in 0..2 {
+            store
+                .copy("_staging/r/t/a.parquet", "t/a.parquet")
+                .await
+                .unwrap();
+        }
+        store.delete("_staging/r/t/a.parquet").await.unwrap();
+        assert_eq!(
+            store.get("t/a.parquet").await.unwrap(),
+            Some(b"rows".to_vec())
+        );
+        let temps = std::fs::read_dir(root.path().join(LOCAL_TMP)).map_or(0, |d| d.count());
+        assert_eq!(temps, 0);
+    }
+
+    #[tokio::test]
     async fn local_create_refuses_to_overwrite_and_leaves_no_temp_files() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::Local {
@@ -846,11 +894,13 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["a.parquet".to_owned()]);
+        let temps = std::fs::read_dir(root.path().join(LOCAL_TMP)).map_or(0, |d| d.count());
+        assert_eq!(temps, 0);
+        // The lake's file outlives the local one (a run removes its work directory).
+        std::fs::remove_file(&source).unwrap();
         assert_eq!(
-            std::fs::read_dir(root.path().join(LOCAL_TMP))
-                .unwrap()
-                .count(),
-            0
+            store.get("t/dt=2026-01-01/a.parquet").await.unwrap(),
+            Some(b"hello".to_vec())
         );
         store.put("_state/x.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(

@@ -28,6 +28,7 @@ def main() -> None:
     from . import cloudtrail_ext, events_ext, guardduty_ext
     from .control import ControlMiddleware
 
+    _cache_module_list()
     guardduty_ext.install()
     cloudtrail_ext.install()
     events_ext.install()
@@ -35,6 +36,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     run_simple("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+def _cache_module_list() -> None:
+    """moto's dispatcher lists its package directory (a listdir and ~175 stats) on every
+    request to ask whether the Host header names a service module; the list never changes
+    while the server runs, so it is read once."""
+    from moto import backends
+
+    modules = frozenset(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
 
 
 if __name__ == "__main__":
