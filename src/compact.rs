@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::config::ValidatedConfig;
 use crate::error::RunError;
-use crate::pipeline::lock::{open_store, with_lock, WorkDir};
+use crate::pipeline::lock::{open_store, with_lock};
+use crate::pipeline::workdir::WorkDir;
 use crate::pipeline::RunOptions;
 use crate::sink::lake::{partitions, read_files};
 use crate::sink::parquet::writer_properties;
@@ -145,7 +146,7 @@ pub async fn run(
         let merged = merge(
             &store,
             &run_id,
-            &work_dir.0,
+            &work_dir.path,
             table.as_deref(),
             dt,
             config.target_file_bytes,

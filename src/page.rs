@@ -14,7 +14,8 @@ use chrono::Duration;
 
 use crate::config::ValidatedConfig;
 use crate::error::RunError;
-use crate::pipeline::lock::{open_store, WorkDir};
+use crate::pipeline::lock::open_store;
+use crate::pipeline::workdir::WorkDir;
 use crate::pipeline::RunOptions;
 use crate::sink::lake;
 use crate::table::Table;
@@ -338,7 +339,7 @@ pub async fn write(
     // One file at a time: memory holds the latest row per cell, not every run of the window.
     let mut found = BTreeMap::new();
     for key in keys {
-        let batches = lake::read_files(&store, &[key], &work_dir.0)
+        let batches = lake::read_files(&store, &[key], &work_dir.path)
             .await
             .map_err(read)?;
         keep_latest(&mut found, &batches);

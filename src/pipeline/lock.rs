@@ -16,6 +16,8 @@ use crate::state::lock::{LockError, RunLock};
 use crate::state::{crash_point, CrashPoint};
 use crate::table::{Table, QUARANTINE_DIR, STAGING_DIR, STATE_DIR};
 
+use super::workdir::WorkDir;
+
 impl From<LockError> for RunError {
     fn from(e: LockError) -> Self {
         match e {
@@ -85,7 +87,7 @@ impl Opened {
             store: &self.store,
             run_id,
             run_start_ms,
-            work_dir: &self.work_dir.0,
+            work_dir: &self.work_dir.path,
             stem,
         }
     }
@@ -182,24 +184,4 @@ where
         warn!(error = %e, "Could not release the run lock; it expires with its lease.");
     }
     result
-}
-
-/// A scratch directory for one run's files, removed when dropped.
-pub struct WorkDir(pub std::path::PathBuf);
-
-impl WorkDir {
-    pub fn create(config: &ValidatedConfig, run_id: &str) -> Result<WorkDir, RunError> {
-        let dir = config.work_dir.join(format!("guardlake-{run_id}"));
-        std::fs::create_dir_all(&dir).map_err(|e| RunError::Store {
-            key: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(WorkDir(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

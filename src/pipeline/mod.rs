@@ -15,6 +15,7 @@ pub mod events;
 pub mod findings;
 pub mod lock;
 pub mod publish;
+pub mod workdir;
 pub mod writer;
 
 use std::future::Future;

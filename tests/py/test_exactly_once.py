@@ -304,6 +304,28 @@ def test_lock_of_a_crashed_run_expires_after_its_lease(tmp_path):
     assert query(lake.path, "findings", "select count(*) from findings") == [(len([v for v in versions if v["accountId"] == ACCOUNTS[0] and v["region"] == "us-east-1"]),)]
 
 
+def test_the_next_run_removes_a_killed_runs_scratch_directory_and_keeps_a_live_ones(tmp_path):
+    """A run killed after encoding cannot remove its scratch directory (its Parquet not yet
+    staged); the next run on the host removes it. A live run's directory (its lock held, here
+    by this test) is left alone."""
+    import fcntl
+
+    lake = Lake("local", tmp_path)
+    versions = seed(per_target=2)
+    work = tmp_path / "work"
+    lake.run("--work-dir", str(work), crash="after_encode")
+    killed = list(work.glob("guardlake-*"))
+    assert len(killed) == 1 and list(killed[0].rglob("*.parquet")), "the killed run left its encoded files"
+    live = work / "guardlake-live"
+    live.mkdir()
+    with open(live / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = lake.run("--work-dir", str(work))
+        assert sorted(p.name for p in work.iterdir()) == ["guardlake-live"]
+    assert '"removed":1' in done.stderr and "Removed the scratch directories of runs that were killed." in done.stderr
+    assert_exactly_once(lake.sync(), versions)
+
+
 def lake_rows(lake: Path) -> list[tuple]:
     return sorted(query(lake, "findings", "select * from findings"), key=repr)
 
