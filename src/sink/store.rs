@@ -246,20 +246,13 @@ impl Store {
         match self {
             Self::Local { root } => {
                 let target = Self::local_path(root, key)?;
-                // The local file is finished and never written again: on the same filesystem
-                // the lake takes it by a second link; elsewhere, a copy linked in whole.
-                let linked = match tokio::fs::hard_link(local, &target).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                        let temp = Self::local_tmp(root, key)?;
-                        tokio::fs::copy(local, &temp)
-                            .await
-                            .map_err(|e| StoreError::new(key, e))?;
-                        let linked = tokio::fs::hard_link(&temp, &target).await;
-                        let _ = tokio::fs::remove_file(&temp).await;
-                        linked
-                    }
-                    linked => linked,
-                };
+                let temp = Self::local_tmp(root, key)?;
+                // The local file is finished and never written again: the lake may share it.
+                link_or_copy(local, &temp)
+                    .await
+                    .map_err(|e| StoreError::new(key, e))?;
+                let linked = tokio::fs::hard_link(&temp, &target).await;
+                let _ = tokio::fs::remove_file(&temp).await;
                 match linked {
                     Ok(()) => Ok(size),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
