@@ -861,6 +861,48 @@ mod tests {
         assert_eq!(temps, 0);
     }
 
+    /// A work directory on another filesystem than the lake (a hard link is refused there):
+    /// the file is copied, whole, and nothing temporary stays.
+    #[tokio::test]
+    async fn local_create_from_another_filesystem_copies() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let root = tempfile::tempdir().unwrap();
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if !shm.is_dir() || dev(shm) == dev(root.path()) {
+            eprintln!("skipped: no /dev/shm on a filesystem of its own here");
+            return;
+        }
+        let work = tempfile::tempdir_in(shm).unwrap();
+        let source = work.path().join("a.parquet");
+        std::fs::write(&source, b"rows").unwrap();
+        let store = Store::Local {
+            root: root.path().to_owned(),
+        };
+        assert_eq!(
+            store
+                .create_from_file(&source, "t/a.parquet")
+                .await
+                .unwrap(),
+            4
+        );
+        assert!(matches!(
+            store.create_from_file(&source, "t/a.parquet").await,
+            Err(PutError::Conflict(_))
+        ));
+        std::fs::remove_file(&source).unwrap();
+        assert_eq!(
+            store.get("t/a.parquet").await.unwrap(),
+            Some(b"rows".to_vec())
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path().join(LOCAL_TMP))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
     #[tokio::test]
     async fn local_create_refuses_to_overwrite_and_leaves_no_temp_files() {
         let root = tempfile::tempdir().unwrap();
