@@ -2,7 +2,7 @@
 //! staging, its quarantine and spill files. A run removes its own when it ends; a run that is
 //! killed (SIGKILL, a Lambda timeout, a stopped container) cannot, and the next run on the
 //! host would otherwise never know. So a live run holds an exclusive lock on its directory's
-//! `.lock` file, and each new run first removes the directories whose lock is free.
+//! `.lock` file, and each new run first removes the run directories whose lock is free.
 
 use std::fs::{File, TryLockError};
 use std::io;
@@ -80,22 +80,25 @@ fn hold(dir: &Path) -> io::Result<File> {
     }
 }
 
-/// Removes the scratch directories under `root` whose lock is free; returns how many. A
-/// directory without a lock file (another program's, or an older guardlake's) is left alone.
+/// Removes the scratch directories under `root` whose lock is free; returns how many. Only a
+/// directory named as a run's (`guardlake-` and a run id, a UUID) is looked at; one without a
+/// lock file (an older guardlake's) is left alone, as is everything else under `root`.
 fn sweep(root: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(PREFIX))
-        })
+        .filter(|e| e.file_name().to_str().is_some_and(is_scratch_name))
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter(|e| remove_if_dead(&e.path()))
         .count()
+}
+
+/// `guardlake-<run id>`: every run id is a UUID.
+fn is_scratch_name(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .is_some_and(|id| uuid::Uuid::try_parse(id).is_ok())
 }
 
 fn remove_if_dead(dir: &Path) -> bool {
@@ -116,33 +119,40 @@ fn remove_if_dead(dir: &Path) -> bool {
 mod tests {
     use super::*;
 
+    fn run_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
     #[test]
     fn a_new_run_removes_only_the_directories_of_dead_runs() {
         let root = tempfile::tempdir().unwrap();
-        let live = WorkDir::create_in(root.path(), "live").unwrap();
+        let live = WorkDir::create_in(root.path(), &run_id()).unwrap();
         assert!(live.path.join(LOCK).exists());
         std::fs::write(live.path.join("a.parquet"), b"rows").unwrap();
         // A killed run: its lock file is there, and nothing holds it.
-        let dead = root.path().join("guardlake-dead");
+        let dead = root.path().join(format!("{PREFIX}{}", run_id()));
         std::fs::create_dir_all(dead.join("cloudtrail_events")).unwrap();
         std::fs::write(dead.join(LOCK), b"").unwrap();
         std::fs::write(dead.join("cloudtrail_events/b.parquet"), b"rows").unwrap();
-        // Not ours to judge: no lock file, or not a guardlake directory.
-        let unmarked = root.path().join("guardlake-unmarked");
+        // Not ours to judge: no lock file (an older guardlake's), or not named as a run's
+        // (a lake beside the work directories, say), whatever it holds.
+        let unmarked = root.path().join(format!("{PREFIX}{}", run_id()));
         std::fs::create_dir_all(&unmarked).unwrap();
-        let other = root.path().join("other");
-        std::fs::create_dir_all(&other).unwrap();
-        std::fs::write(other.join(LOCK), b"").unwrap();
+        let others = ["other", "guardlake-lake"].map(|name| root.path().join(name));
+        for other in &others {
+            std::fs::create_dir_all(other).unwrap();
+            std::fs::write(other.join(LOCK), b"").unwrap();
+        }
 
-        let next = WorkDir::create_in(root.path(), "next").unwrap();
+        let next = WorkDir::create_in(root.path(), &run_id()).unwrap();
         assert!(!dead.exists());
         assert!(live.path.join("a.parquet").exists());
-        assert!(unmarked.exists() && other.exists());
+        assert!(unmarked.exists() && others.iter().all(|o| o.exists()));
         // The one that ended normally leaves nothing, and no later run takes a live one.
         let live_dir = live.path.clone();
         drop(live);
         assert!(!live_dir.exists());
-        let third = WorkDir::create_in(root.path(), "third").unwrap();
+        let third = WorkDir::create_in(root.path(), &run_id()).unwrap();
         assert!(next.path.join(LOCK).exists() && third.path.join(LOCK).exists());
         // Its lock file was named only once locked: no temporary name is left.
         let names: Vec<String> = std::fs::read_dir(next.path.clone())

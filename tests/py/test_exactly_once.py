@@ -309,6 +309,7 @@ def test_the_next_run_removes_a_killed_runs_scratch_directory_and_keeps_a_live_o
     staged); the next run on the host removes it. A live run's directory (its lock held, here
     by this test) is left alone."""
     import fcntl
+    import uuid
 
     lake = Lake("local", tmp_path)
     versions = seed(per_target=2)
@@ -316,12 +317,12 @@ def test_the_next_run_removes_a_killed_runs_scratch_directory_and_keeps_a_live_o
     lake.run("--work-dir", str(work), crash="after_encode")
     killed = list(work.glob("guardlake-*"))
     assert len(killed) == 1 and list(killed[0].rglob("*.parquet")), "the killed run left its encoded files"
-    live = work / "guardlake-live"
+    live = work / f"guardlake-{uuid.uuid4()}"
     live.mkdir()
     with open(live / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         done = lake.run("--work-dir", str(work))
-        assert sorted(p.name for p in work.iterdir()) == ["guardlake-live"]
+        assert sorted(p.name for p in work.iterdir()) == [live.name]
     assert '"removed":1' in done.stderr and "Removed the scratch directories of runs that were killed." in done.stderr
     assert_exactly_once(lake.sync(), versions)
 
