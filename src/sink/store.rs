@@ -857,8 +857,30 @@ mod tests {
             store.get("t/a.parquet").await.unwrap(),
             Some(b"rows".to_vec())
         );
-        let temps = std::fs::read_dir(root.path().join(LOCAL_TMP)).map_or(0, |d| d.count());
-        assert_eq!(temps, 0);
+        assert_eq!(temp_files(root.path()), 0);
+    }
+
+    /// Files under the local store's temporary directory.
+    fn temp_files(root: &Path) -> usize {
+        std::fs::read_dir(root.join(LOCAL_TMP)).map_or(0, |d| d.count())
+    }
+
+    /// Publishes `source` under `key` as a run does: its size comes back, a second create is
+    /// a conflict, nothing temporary stays, and the lake's file outlives `source` (a run
+    /// removes its work directory).
+    async fn publish_once(store: &Store, root: &Path, source: &Path, key: &str) {
+        let bytes = std::fs::read(source).unwrap();
+        assert_eq!(
+            store.create_from_file(source, key).await.unwrap(),
+            bytes.len() as u64
+        );
+        assert!(matches!(
+            store.create_from_file(source, key).await,
+            Err(PutError::Conflict(_))
+        ));
+        assert_eq!(temp_files(root), 0);
+        std::fs::remove_file(source).unwrap();
+        assert_eq!(store.get(key).await.unwrap(), Some(bytes));
     }
 
     /// A work directory on another filesystem than the lake (a hard link is refused there):
@@ -879,28 +901,7 @@ mod tests {
         let store = Store::Local {
             root: root.path().to_owned(),
         };
-        assert_eq!(
-            store
-                .create_from_file(&source, "t/a.parquet")
-                .await
-                .unwrap(),
-            4
-        );
-        assert!(matches!(
-            store.create_from_file(&source, "t/a.parquet").await,
-            Err(PutError::Conflict(_))
-        ));
-        std::fs::remove_file(&source).unwrap();
-        assert_eq!(
-            store.get("t/a.parquet").await.unwrap(),
-            Some(b"rows".to_vec())
-        );
-        assert_eq!(
-            std::fs::read_dir(root.path().join(LOCAL_TMP))
-                .unwrap()
-                .count(),
-            0
-        );
+        publish_once(&store, root.path(), &source, "t/a.parquet").await;
     }
 
     #[tokio::test]
@@ -911,32 +912,12 @@ mod tests {
         };
         let source = root.path().join("source.bin");
         std::fs::write(&source, b"hello").unwrap();
-        assert_eq!(
-            store
-                .create_from_file(&source, "t/dt=2026-01-01/a.parquet")
-                .await
-                .unwrap(),
-            5
-        );
-        assert!(matches!(
-            store
-                .create_from_file(&source, "t/dt=2026-01-01/a.parquet")
-                .await,
-            Err(PutError::Conflict(_))
-        ));
+        publish_once(&store, root.path(), &source, "t/dt=2026-01-01/a.parquet").await;
         let names: Vec<String> = std::fs::read_dir(root.path().join("t/dt=2026-01-01"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["a.parquet".to_owned()]);
-        let temps = std::fs::read_dir(root.path().join(LOCAL_TMP)).map_or(0, |d| d.count());
-        assert_eq!(temps, 0);
-        // The lake's file outlives the local one (a run removes its work directory).
-        std::fs::remove_file(&source).unwrap();
-        assert_eq!(
-            store.get("t/dt=2026-01-01/a.parquet").await.unwrap(),
-            Some(b"hello".to_vec())
-        );
         store.put("_state/x.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(
             store.get("_state/x.json").await.unwrap(),
