@@ -12,6 +12,8 @@ PY := $(VENV)/bin/python
 # checkov pins its own boto3, so it lives in a venv of its own.
 CHECKOV_VENV := .venv-checkov
 CARGO ?= cargo
+# Where cargo puts what it builds: ./target, or $CARGO_TARGET_DIR when it is set (a shared cache).
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 # Packaging: cargo-zigbuild links against glibc 2.34 (Amazon Linux 2023) with zig from PyPI.
 TOOLS := .tools
 ZIGBUILD := $(TOOLS)/bin/cargo-zigbuild
@@ -69,20 +71,20 @@ test: venv browser lint build ## Every test: lint, Rust unit + integration tests
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
 	  $(AWS_ENV) $(CARGO) test --all-targets -- --test-threads=1 || status=$$?; \
-	  if [ $$status -eq 0 ]; then $(AWS_ENV) $(PY) -m pytest -q tests/py || status=$$?; fi; \
+	  if [ $$status -eq 0 ]; then $(AWS_ENV) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake $(PY) -m pytest -q tests/py || status=$$?; fi; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 test-rust: ## Rust tests only (needs `make emulator`)
 	$(AWS_ENV) $(CARGO) test --all-targets -- --test-threads=1
 
 test-py: ## Backend and lake checks only (needs `make emulator`)
-	$(AWS_ENV) $(PY) -m pytest -q tests/py
+	$(AWS_ENV) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake $(PY) -m pytest -q tests/py
 
 demo: venv ## The job end to end on the local backend, into ./lake, then an SQL query over it
 	$(CARGO) build
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
-	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) tests/demo/run.sh || status=$$?; \
+	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake tests/demo/run.sh || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 schemas: venv ## Regenerate schemas/guardduty/finding.schema.json and schemas/README.md from the service model
@@ -99,13 +101,13 @@ bench: venv ## Findings (read_page + encode, 1 and 2 threads) on 120k findings; 
 	$(CARGO) build --release --bin guardlake --bench normalize_encode --bench orgtrail
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
-	  $(AWS_ENV) GUARDLAKE_RELEASE_BIN=$${CARGO_TARGET_DIR:-target}/release/guardlake $(PY) tests/bench/product.py || status=$$?; \
+	  $(AWS_ENV) GUARDLAKE_RELEASE_BIN=$(TARGET_DIR)/release/guardlake $(PY) tests/bench/product.py || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 bench-scale: venv ## One process vs a distributed run (1/2/4 shard processes), 200 accounts x 4 regions, 100 ms latency per call → bench/scale.txt
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
-	  $(AWS_ENV) $(PY) tests/bench/scale.py || status=$$?; \
+	  $(AWS_ENV) GUARDLAKE_TARGET_DIR=$(TARGET_DIR) $(PY) tests/bench/scale.py || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 $(ZIGBUILD):
@@ -113,7 +115,7 @@ $(ZIGBUILD):
 
 package: venv $(ZIGBUILD) ## Build dist/bootstrap.zip for Lambda (provided.al2023, x86_64), check glibc <= 2.34, run it as a Lambda
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(ZIGBUILD) zigbuild --release --bin guardlake --target $(PACKAGE_TARGET).$(GLIBC_MAX)
-	@mkdir -p $(DIST) && cp target/$(PACKAGE_TARGET)/release/guardlake $(DIST)/bootstrap
+	@mkdir -p $(DIST) && cp $(TARGET_DIR)/$(PACKAGE_TARGET)/release/guardlake $(DIST)/bootstrap
 	@tests/package/check_glibc.sh $(DIST)/bootstrap $(GLIBC_MAX)
 	@$(DIST)/bootstrap --version && $(DIST)/bootstrap --help >/dev/null && echo "bootstrap starts"
 	@rm -f $(DIST)/bootstrap.zip && cd $(DIST) && $(abspath $(PY)) -m zipfile -c bootstrap.zip bootstrap

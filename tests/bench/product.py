@@ -10,7 +10,9 @@ peak RSS to bench/results.txt.
 
 The stage rate is the library loop's gunzip + split + parse pass (`cargo bench --bench orgtrail
 -- --stages`, one thread) on the same corpus; the product's 1-thread rate is reported as a share
-of it.
+of it. The floor line sets what the 65% and 6x targets allow a 1-thread run against what such a
+run cannot go below: the library's pass that also compresses the JSON columns as the lake does
+(zstd level 1, a call per page), plus the part of the run outside the CloudTrail phase.
 """
 
 from __future__ import annotations
@@ -131,12 +133,18 @@ def main() -> None:
         lines.append(f"    CloudTrail phase: {phase[1]} s at 1 thread ({records / phase[1]:.0f} records/s), {phase[2]} s at 2 threads "
                      f"({records / phase[2]:.0f} records/s), scaling {phase[1] / phase[2]:.2f}x; the rest of the run "
                      f"{ours[1]['seconds'] - phase[1]:.2f} s / {ours[2]['seconds'] - phase[2]:.2f} s")  # fmt: skip
-        if copies == 1:
-            stages = library(path, stages=True)
-            parse_rate = stages["records"] / stages["stage_inflate_split_parse_seconds"]
-            lines.append(f"    stage rate (gunzip + split + parse, one thread, library loop on this corpus): {parse_rate:.0f} records/s")
+        stages = library(path, stages=True)
+        parsed, zstd = stages["stage_inflate_split_parse_seconds"], stages["stage_inflate_split_parse_zstd_seconds"]
+        parse_rate = stages["records"] / parsed
+        lines.append(f"    stage rate (gunzip + split + parse, one thread, library loop on this corpus): {parse_rate:.0f} records/s")
         lines.append(f"    the product at 1 thread runs at {ours[1]['records_per_sec'] / parse_rate:.0%} of the stage rate")
-        print("\n".join(lines[-(6 + (copies == 1)):]), flush=True)
+        # What the targets leave for a 1-thread run, against what it cannot go below while the
+        # lake keeps its JSON zstd-compressed: the parse, that zstd, and the rest of the run.
+        rest = ours[1]["seconds"] - phase[1]
+        lines.append(f"    floor at 1 thread: gunzip + split + parse + zstd of the JSON columns {zstd} s (library loop; no other column, "
+                     f"no dedup, no Parquet) + the rest of the run {rest:.2f} s = {zstd + rest:.2f} s; "
+                     f"65% of the stage rate allows {parsed / 0.65:.2f} s, 6x DuckDB {theirs[1]['seconds'] / 6:.2f} s")  # fmt: skip
+        print("\n".join(lines[-8:]), flush=True)
     with open(ROOT / "bench" / "results.txt", "a") as results:
         results.write("\n".join(lines) + "\n")
 

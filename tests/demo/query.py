@@ -22,8 +22,12 @@ print(con.sql("""
     select coalesce(action_type, '(none: runtime/malware)') as action_type, resource_type, count(*) as findings
     from findings group by 1, 2 order by findings desc, action_type
 """))
-print("Coverage gaps (the coverage table: what is not proven covered, and why):")
+print("Coverage gaps (each account and region as its newest run left it: what is not proven covered, and why):")
 print(con.sql("""
+    with latest as (
+        select * from coverage
+        qualify row_number() over (partition by account_id, region order by collected_at desc, run_id desc) = 1
+    )
     select account_id, region, unnest(gaps) as gap, status, error_class
-    from coverage where len(gaps) > 0 order by gap, account_id, region
+    from latest where len(gaps) > 0 order by gap, account_id, region
 """))
