@@ -1,6 +1,7 @@
 //! One base `SdkConfig`, an assume-role credentials provider per account built from it, and
 //! the client factory. Endpoint overrides (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`) and
-//! the default credential chain come from aws-config.
+//! the default credential chain come from aws-config. Every client of a run shares the base's
+//! one HTTPS client ([`https_client`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::{RoleSpec, ValidatedConfig};
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
@@ -57,7 +59,9 @@ pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
         .with_max_attempts(config.max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(20));
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(retry)
+        .http_client(https_client());
     if let Some(region) = &config.home_region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -66,6 +70,27 @@ pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
         return base.to_builder().region(Region::new("us-east-1")).build();
     }
     base
+}
+
+/// The HTTPS client every SDK client of the run uses: the SDK's default (hyper, rustls with
+/// aws-lc, a proxy from `HTTPS_PROXY` / `NO_PROXY`), made once. Without it each client made its
+/// own, so each target (an account in a region) loaded the system's root certificates again and
+/// opened its own connections; shared, the targets of one region reuse the connections of
+/// that region's endpoint across accounts (requests are signed, not connections).
+fn https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// The external id from a Secrets Manager secret (its SecretString), read once per process:
@@ -288,6 +313,84 @@ fn classify_credentials_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1.1 server that keeps connections open (as AWS endpoints do; the local
+    /// backend closes each one) and answers every request with GuardDuty's empty
+    /// ListDetectors. Returns its URL and the count of connections it accepted.
+    fn keep_alive_server() -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        (url, accepted)
+    }
+
+    fn serve(stream: std::net::TcpStream) {
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let answer = r#"{"detectorIds":[]}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            writer.write_all(response.as_bytes()).unwrap();
+        }
+    }
+
+    /// The clients of different accounts (as `assume` makes them: the base config with the
+    /// account's credentials) reuse one connection to a region's endpoint: one pool, one TLS
+    /// handshake on AWS, not one per target. Each made its own before (3 connections here).
+    #[tokio::test]
+    async fn every_accounts_clients_share_one_connection_pool() {
+        let (url, accepted) = keep_alive_server();
+        let validated = crate::config::Config::default().validate().unwrap();
+        let base = base_config(&validated).await;
+        for account in ["111111111111", "222222222222", "333333333333"] {
+            let credentials =
+                aws_credential_types::Credentials::new(account, "secret", None, None, "test");
+            let config = base
+                .to_builder()
+                .credentials_provider(SharedCredentialsProvider::new(credentials))
+                .build();
+            let conf = aws_sdk_guardduty::config::Builder::from(&config)
+                .region(Region::new("eu-west-1"))
+                .endpoint_url(&url)
+                .build();
+            let detectors = aws_sdk_guardduty::Client::from_conf(conf)
+                .list_detectors()
+                .send()
+                .await
+                .unwrap();
+            assert!(detectors.detector_ids().is_empty());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "connections accepted");
+    }
 
     #[test]
     fn session_names_fit_sts_rules() {
