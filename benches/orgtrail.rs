@@ -50,8 +50,8 @@ enum Stage {
     Split,
     Parse,
     /// Parse, then compress the row's JSON (`raw` and the three JSON columns) as the lake does:
-    /// zstd level 1 (`sink::parquet::zstd`), one call per page of the lake's page size, one reused context.
-    /// Every other column and all of Parquet's own work are left out.
+    /// zstd level 1 (`sink::parquet::zstd`), one call per page of the lake's page size, one
+    /// reused context. Every other column and all of Parquet's own work are left out.
     ParseZstd,
 }
 

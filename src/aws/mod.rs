@@ -73,7 +73,7 @@ pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
 }
 
 /// The HTTPS client every SDK client of the run uses: the SDK's default (hyper, rustls with
-/// aws-lc, a proxy from `HTTPS_PROXY` / `NO_PROXY`), made once. Without it each client made its
+/// aws-lc, a proxy from the environment: `HTTPS_PROXY`, `NO_PROXY`, …), made once. Without it each client made its
 /// own, so each target (an account in a region) loaded the system's root certificates again and
 /// opened its own connections; shared, the targets of one region reuse the connections of
 /// that region's endpoint across accounts (requests are signed, not connections).
@@ -327,21 +327,22 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(stream));
+                std::thread::spawn(move || serve(stream).ok());
             }
         });
         (url, accepted)
     }
 
-    fn serve(stream: std::net::TcpStream) {
-        let mut writer = stream.try_clone().unwrap();
+    /// Answers the requests of one connection until the client closes it.
+    fn serve(stream: std::net::TcpStream) -> std::io::Result<()> {
+        let mut writer = stream.try_clone()?;
         let mut reader = BufReader::new(stream);
         loop {
             let mut length = 0;
             loop {
                 let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
+                if reader.read_line(&mut line)? == 0 {
+                    return Ok(());
                 }
                 if line == "\r\n" {
                     break;
@@ -352,14 +353,13 @@ mod tests {
                     }
                 }
             }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
+            reader.read_exact(&mut vec![0; length])?;
             let answer = r#"{"detectorIds":[]}"#;
             let response = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
                 answer.len()
             );
-            writer.write_all(response.as_bytes()).unwrap();
+            writer.write_all(response.as_bytes())?;
         }
     }
 
