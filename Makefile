@@ -14,6 +14,8 @@ CHECKOV_VENV := .venv-checkov
 CARGO ?= cargo
 # Where cargo puts what it builds: ./target, or $CARGO_TARGET_DIR when it is set (a shared cache).
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+# The debug binary that make test, make test-py and make demo run.
+DEBUG_BIN := $(TARGET_DIR)/debug/guardlake
 # Packaging: cargo-zigbuild links against glibc 2.34 (Amazon Linux 2023) with zig from PyPI.
 TOOLS := .tools
 ZIGBUILD := $(TOOLS)/bin/cargo-zigbuild
@@ -71,20 +73,20 @@ test: venv browser lint build ## Every test: lint, Rust unit + integration tests
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
 	  $(AWS_ENV) $(CARGO) test --all-targets -- --test-threads=1 || status=$$?; \
-	  if [ $$status -eq 0 ]; then $(AWS_ENV) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake $(PY) -m pytest -q tests/py || status=$$?; fi; \
+	  if [ $$status -eq 0 ]; then $(AWS_ENV) GUARDLAKE_BIN=$(DEBUG_BIN) $(PY) -m pytest -q tests/py || status=$$?; fi; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 test-rust: ## Rust tests only (needs `make emulator`)
 	$(AWS_ENV) $(CARGO) test --all-targets -- --test-threads=1
 
 test-py: ## Backend and lake checks only (needs `make emulator`)
-	$(AWS_ENV) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake $(PY) -m pytest -q tests/py
+	$(AWS_ENV) GUARDLAKE_BIN=$(DEBUG_BIN) $(PY) -m pytest -q tests/py
 
 demo: venv ## The job end to end on the local backend, into ./lake, then an SQL query over it
 	$(CARGO) build
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
-	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) GUARDLAKE_BIN=$(TARGET_DIR)/debug/guardlake tests/demo/run.sh || status=$$?; \
+	  $(AWS_ENV) EMULATOR_PORT=$(EMULATOR_PORT) PY=$(PY) GUARDLAKE_BIN=$(DEBUG_BIN) tests/demo/run.sh || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 schemas: venv ## Regenerate schemas/guardduty/finding.schema.json and schemas/README.md from the service model
@@ -107,7 +109,7 @@ bench: venv ## Findings (read_page + encode, 1 and 2 threads) on 120k findings; 
 bench-scale: venv ## One process vs a distributed run (1/2/4 shard processes), 200 accounts x 4 regions, 100 ms latency per call → bench/scale.txt
 	@$(MAKE) --no-print-directory emulator
 	@set -o pipefail; status=0; \
-	  $(AWS_ENV) GUARDLAKE_TARGET_DIR=$(TARGET_DIR) $(PY) tests/bench/scale.py || status=$$?; \
+	  $(AWS_ENV) $(PY) tests/bench/scale.py || status=$$?; \
 	  $(MAKE) --no-print-directory emulator-stop; exit $$status
 
 $(ZIGBUILD):

@@ -73,10 +73,11 @@ pub async fn base_config(config: &ValidatedConfig) -> SdkConfig {
 }
 
 /// The HTTPS client every SDK client of the run uses: the SDK's default (hyper, rustls with
-/// aws-lc, a proxy from the environment: `HTTPS_PROXY`, `NO_PROXY`, …), made once. Without it each client made its
-/// own, so each target (an account in a region) loaded the system's root certificates again and
-/// opened its own connections; shared, the targets of one region reuse the connections of
-/// that region's endpoint across accounts (requests are signed, not connections).
+/// aws-lc, a proxy from the environment: `HTTPS_PROXY`, `NO_PROXY`, …), made once. Without it
+/// each client made its own, so each target (an account in a region) loaded the system's root
+/// certificates again and opened its own connections; shared, the targets of one region reuse
+/// the connections of that region's endpoint across accounts (requests are signed, not
+/// connections).
 fn https_client() -> SharedHttpClient {
     use aws_smithy_http_client::proxy::ProxyConfig;
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};

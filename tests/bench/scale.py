@@ -36,7 +36,8 @@ from seed import create_org, findings_for, seed_findings  # noqa: E402
 # The debug build by default (the latency-bound parts do not depend on it); BENCH_PROFILE=release
 # builds and uses the release one.
 PROFILE = os.environ.get("BENCH_PROFILE", "debug")
-BINARY = Path(os.environ.get("GUARDLAKE_TARGET_DIR", ROOT / "target")) / PROFILE / "guardlake"
+# Where the `cargo build` below puts it: $CARGO_TARGET_DIR (relative to ROOT, its cwd) or ./target.
+BINARY = ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / PROFILE / "guardlake"
 ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "200"))
 LATENCY_MS = int(os.environ.get("LATENCY_MS", "100"))
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "eu-central-1")
